@@ -1,0 +1,3 @@
+from sapo_lightning.cli import main
+
+main()

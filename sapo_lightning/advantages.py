@@ -1,0 +1,53 @@
+"""Group-relative advantages (GRPO, paper Eq. 2)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from sapo_lightning.errors import ConfigError
+
+SCALES = ("group", "none")
+EPS = 1e-6
+
+
+class GroupAdvantages(NamedTuple):
+    advantages: Tensor  # [N]
+    zero_signal: Tensor  # [N // group_size] bool: the group's rewards are all equal
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> Tensor:
+    """Advantages of ``rewards`` ``[N]`` laid out in contiguous groups of ``group_size``.
+
+    ``scale="group"``: Â_i = (R_i − mean_g R) / (std_g R + 1e-6), std with Bessel's correction.
+    ``scale="none"`` (Dr.GRPO): Â_i = R_i − mean_g R.
+    A group whose rewards are all equal gets exactly zero, also in float32 where
+    ``R − mean`` would otherwise leave rounding noise divided by a tiny std.
+    """
+    return group_advantages_with_stats(rewards, group_size, scale).advantages
+
+
+def group_advantages_with_stats(rewards: Tensor, group_size: int, scale: str = "group") -> GroupAdvantages:
+    """:func:`group_advantages` plus which groups carry no signal (all rewards equal)."""
+    check_group(group_size, scale)
+    if rewards.ndim != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards must be [N] with N a multiple of group_size={group_size}; got {tuple(rewards.shape)}")
+    grouped = rewards.view(-1, group_size)  # [B, G]
+    zero_signal = (grouped == grouped[:, :1]).all(-1)  # [B]
+    centered = torch.where(zero_signal.unsqueeze(-1), 0.0, grouped - grouped.mean(-1, keepdim=True))  # [B, G]
+    if scale == "group":
+        centered = centered / (grouped.std(-1, keepdim=True) + EPS)
+    return GroupAdvantages(centered.reshape(-1), zero_signal)
+
+
+def check_group(group_size: int, scale: str) -> None:
+    """Refuse a group size or scale the advantage cannot be computed with."""
+    if scale not in SCALES:
+        raise ConfigError(f"advantage_scale must be one of {', '.join(SCALES)}; got {scale!r}")
+    minimum = 2 if scale == "group" else 1
+    if not isinstance(group_size, int) or group_size < minimum:
+        raise ConfigError(
+            f"group_size must be an integer >= {minimum} with advantage_scale={scale!r}; got {group_size!r}"
+        )
