@@ -163,7 +163,8 @@ def _check_optimizer(optimizer: OptimizerCallable) -> None:
     try:
         probe = optimizer([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"model.optimizer: {err}") from None
+        hint = " (lr must be a finite number > 0)" if "learning rate" in str(err) else ""
+        raise ConfigError(f"model.optimizer: {err}{hint}") from None
     for group in probe.param_groups:
         lr = group.get("lr")
         if lr is not None and not (math.isfinite(float(lr)) and float(lr) > 0):
