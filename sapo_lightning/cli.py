@@ -25,8 +25,14 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of ``sapo-lightning`` and ``python -m sapo_lightning``.
 
     Bad input ends with one line on stderr naming the option and its allowed range, and
-    exit status 2, before any file is written.
+    exit status 2, before any file is written. ``sapo-lightning compare ...`` runs a study
+    (:mod:`sapo_lightning.compare`) instead of LightningCLI.
     """
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["compare"]:
+        from sapo_lightning.compare import main as compare
+
+        return compare(argv[1:])
     try:
         SAPOCLI(
             RLModule,
