@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from jsonargparse import ArgumentError
@@ -27,6 +28,8 @@ def main(args: list[str] | None = None) -> None:
     Bad input ends with one line on stderr naming the option and its allowed range, and
     exit status 2, before any file is written.
     """
+    # "Seed set to N" would stand before an error line; the seed is in the run's config.yaml.
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     try:
         SAPOCLI(
             RLModule,

@@ -142,7 +142,7 @@ class SAPO(Objective):
         ratio = torch.exp(z)  # [N, T]
         adv = advantages.unsqueeze(-1)  # [N, 1]
         positive = adv > 0  # [N, 1]
-        tau = torch.where(positive, self.tau_pos, self.tau_neg).to(ratio.dtype)  # [N, 1]
+        tau = torch.full_like(adv, self.tau_neg, dtype=ratio.dtype).masked_fill_(positive, self.tau_pos)  # [N, 1]
         sig = torch.sigmoid(tau * (ratio - 1))  # [N, T]
         f = (4 / tau) * sig  # [N, T]
         loss = aggregate(-f * adv, mask, self.aggregation)
