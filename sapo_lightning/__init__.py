@@ -5,11 +5,12 @@ from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.errors import ConfigError
 from sapo_lightning.module import RLModule
-from sapo_lightning.objectives import SAPO, Objective, ObjectiveOutput, aggregate
+from sapo_lightning.objectives import CISPO, GRPO, GSPO, SAPO, Objective, ObjectiveOutput, aggregate
 from sapo_lightning.policies import MLPPolicy, Policy, Rollout, Scores
 from sapo_lightning.tasks import FixedTarget, Task
 
 __all__ = [
-    "SAPO", "ConfigError", "FixedTarget", "MLPPolicy", "Objective", "ObjectiveOutput", "OldPolicySync",
-    "Policy", "QueryDataModule", "RLModule", "Rollout", "Scores", "Task", "aggregate", "group_advantages",
+    "CISPO", "GRPO", "GSPO", "SAPO", "ConfigError", "FixedTarget", "MLPPolicy", "Objective", "ObjectiveOutput",
+    "OldPolicySync", "Policy", "QueryDataModule", "RLModule", "Rollout", "Scores", "Task", "aggregate",
+    "group_advantages",
 ]

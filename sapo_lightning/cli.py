@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 
 from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -33,6 +35,10 @@ def main(args: list[str] | None = None) -> None:
         from sapo_lightning.compare import main as compare
 
         return compare(argv[1:])
+    # "Seed set to N" would stand before an error line; the seed is in the run's config.yaml.
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    # old_policy is kept in eval mode on purpose (it only samples); Lightning warns about any such module.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     try:
         SAPOCLI(
             RLModule,

@@ -1,0 +1,125 @@
+"""The command line end to end: a solved fit with its TensorBoard tags, shipped configs, bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sapo_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SAPO_CONFIG = str(ROOT / "configs" / "sapo.yaml")
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+TAGS = [
+    "train/reward", "train/reward_std", "train/loss", "train/entropy", "train/approx_kl",
+    "train/ratio_mean", "train/ratio_min", "train/ratio_max", "train/gate_mean", "train/gate_pos",
+    "train/gate_neg", "train/soft_clip_frac", "train/zero_adv_frac", "train/grad_norm",
+    "val/reward", "val/exact_match",
+]
+
+
+@pytest.fixture(autouse=True)
+def plain_argv(monkeypatch):
+    """LightningCLI warns when pytest's own argv sits beside the args it is given."""
+    monkeypatch.setattr(sys, "argv", ["sapo-lightning"])
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    (events,) = run_dir.glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_default_config_solves_the_seed_task_and_logs_every_tag(tmp_path):
+    # the shipped 500 steps solve at the validation of step 100; 200 keep the test short
+    main(["fit", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps=200", *QUIET])
+    run = tmp_path / "lightning_logs" / "version_0"
+    logged = scalars(run)
+    assert set(TAGS) <= set(logged), set(TAGS) - set(logged)
+    assert logged["val/exact_match"][-1][1] == 1.0
+    assert logged["val/reward"][-1][1] == 1.0
+    assert logged["train/reward"][0][1] < 0.5 < logged["train/reward"][-1][1]  # it learned, from near random
+    assert all(0.0 <= v <= 1.0 for _, v in logged["train/gate_mean"])
+    assert all(lo <= 1.0 + 1e-6 for _, lo in logged["train/ratio_min"])
+    # hyperparameters recorded, config saved, and a checkpoint at the end of the run
+    assert "tau_neg: 1.05" in (run / "hparams.yaml").read_text()
+    assert (run / "config.yaml").exists()
+    assert list((run / "checkpoints").glob("*.ckpt"))
+
+
+def test_validate_subcommand_runs(tmp_path, capsys):
+    main(["validate", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), *QUIET])
+    assert "val/exact_match" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code == 0
+    assert "class_path" in capsys.readouterr().out
+
+
+def test_help_comes_from_docstrings(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "Responses sampled per query" in out  # RLModule's docstring
+    assert "Queries per optimizer step and rank" in out  # QueryDataModule's docstring
+    assert "every_n_steps" in out
+
+
+BAD_INPUT = [
+    (["--model.objective.init_args.tau_pos=0"], "tau_pos must be a finite number > 0"),
+    (["--model.objective.init_args.tau_neg=-1.05"], "tau_neg must be a finite number > 0"),
+    (["--model.objective.init_args.tau_neg=.inf"], "tau_neg must be a finite number > 0"),
+    (["--model.group_size=1"], "group_size must be an integer >= 2"),
+    (["--data.batch_size=0"], "batch_size must be an integer >= 1"),
+    (["--data.task.init_args.target=[]"], "target must hold at least one token"),
+    (["--data.task.init_args.target=[2,5,10]"], "target tokens must be integers in [0, vocab_size=10)"),
+    (["--sync.every_n_steps=0"], "every_n_steps must be an integer >= 1"),
+    (["--model.optimizer.init_args.lr=0"], "lr must be a finite number > 0"),
+    (["--model.optimizer.init_args.lr=-0.001"], "lr must be a finite number > 0"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT, ids=[a[0].split("=")[0] for a, _ in BAD_INPUT])
+def test_bad_input_is_one_line_and_touches_no_file(tmp_path, capsys, args, message):
+    earlier = tmp_path / "lightning_logs" / "version_0"
+    earlier.mkdir(parents=True)
+    (earlier / "keep.txt").write_text("earlier run")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sapo-lightning: error: "), err
+    assert message in err
+    assert [p.name for p in tmp_path.rglob("*")] == ["lightning_logs", "version_0", "keep.txt"]
+    assert (earlier / "keep.txt").read_text() == "earlier run"
+
+
+@pytest.mark.parametrize("content", [None, "model: [unclosed\n", "- just\n- a list\n"], ids=["missing", "malformed", "not-a-mapping"])
+def test_missing_or_malformed_yaml(tmp_path, capsys, content):
+    path = tmp_path / "config.yaml"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sapo-lightning: error: "), err
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "sapo_lightning", "fit", "--config", SAPO_CONFIG, "--data.batch_size=-3"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip() == "sapo-lightning: error: batch_size must be an integer >= 1; got -3"
+    assert not (tmp_path / "lightning_logs").exists()
