@@ -207,8 +207,8 @@ def check_study(tasks: dict, objectives: dict, seeds: list[int], threshold: floa
 
 # -- running ---------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _output_to(path: Path) -> Iterator[None]:
-    """Send this process's stdout and stderr (file descriptors included) to ``path``."""
+def redirect_output(path: str | Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors and Python streams) to ``path``."""
     sys.stdout.flush(), sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     with open(path, "w") as log:
@@ -234,7 +234,7 @@ def fit_cell(config: str, log_file: str) -> tuple[float, str | None]:
 
     start = time.perf_counter()
     error = None
-    with _output_to(Path(log_file)):
+    with redirect_output(log_file):
         try:
             main(["fit", "--config", config])
         except (Exception, SystemExit) as err:  # one failed cell must not stop the study

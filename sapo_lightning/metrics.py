@@ -10,11 +10,12 @@ from torchmetrics import Metric
 class Diagnostics(Metric):
     """Running mean, min and max of K named scalars, synchronised across ranks.
 
-    One ``update`` takes all K values stacked in one tensor, so a training step pays one
-    metric call however many diagnostics it has. ``compute`` reports each name by its
-    suffix: ``*_min`` the minimum, ``*_max`` the maximum, any other the mean. Non-finite
-    values (a mean over an empty selection) are skipped; a name with no finite value is
-    left out of the result.
+    One ``update`` takes all K values stacked in one tensor, ``[K]`` for one step or
+    ``[S, K]`` for S steps at once, so a caller can batch many steps into one metric call
+    (the call itself costs more than a small training step's diagnostics). ``compute``
+    reports each name by its suffix: ``*_min`` the minimum, ``*_max`` the maximum, any other
+    the mean over all steps. Non-finite values (a mean over an empty selection) are skipped;
+    a name with no finite value is left out of the result.
     """
 
     full_state_update = False
@@ -29,13 +30,13 @@ class Diagnostics(Metric):
         self.add_state("high", torch.full((k,), float("-inf"), dtype=torch.float64), dist_reduce_fx="max")
         self._reduce = torch.tensor([2 if n.endswith("_max") else 1 if n.endswith("_min") else 0 for n in names])
 
-    def update(self, values: Tensor) -> None:  # values: [K]
-        values = values.to(torch.float64)
+    def update(self, values: Tensor) -> None:  # values: [K] or [S, K]
+        values = values.to(torch.float64).view(-1, len(self.names))  # [S, K]
         finite = torch.isfinite(values)
-        self.total += torch.where(finite, values, 0.0)
-        self.count += finite
-        self.low = torch.minimum(self.low, torch.where(finite, values, float("inf")))
-        self.high = torch.maximum(self.high, torch.where(finite, values, float("-inf")))
+        self.total += torch.where(finite, values, 0.0).sum(0)
+        self.count += finite.sum(0)
+        self.low = torch.minimum(self.low, torch.where(finite, values, float("inf")).amin(0))
+        self.high = torch.maximum(self.high, torch.where(finite, values, float("-inf")).amax(0))
 
     def compute(self) -> dict[str, Tensor]:
         reduce = self._reduce.to(self.total.device)

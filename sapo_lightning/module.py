@@ -22,6 +22,8 @@ from sapo_lightning.tasks import Task
 
 #: Diagnostics the module itself records, before the objective's own.
 MODULE_METRICS = ("reward", "reward_std", "zero_adv_frac", "loss", "entropy", "grad_norm")
+#: Updates whose diagnostics are queued before a metric update, if no log step comes first.
+PENDING_STEPS = 64
 
 
 class RLModule(LightningModule):
@@ -77,6 +79,7 @@ class RLModule(LightningModule):
         self.optimizer_factory = optimizer
         _check_optimizer(optimizer)
         self.train_diagnostics: Diagnostics | None = None  # built at the first update
+        self._pending: list[Tensor] = []  # diagnostics of the updates since the last flush, flat
         self.val_reward = MeanMetric()
         self.val_exact_match = MeanMetric()
 
@@ -107,11 +110,7 @@ class RLModule(LightningModule):
             rollout = self.old_policy.sample(queries, generator)  # [N, T] each
             rewards = self.task.reward(queries, rollout.responses, rollout.mask)  # [N]
             advantages, zero_signal = group_advantages_with_stats(rewards, self.group_size, self.advantage_scale)
-            rollout_stats = [
-                rewards.mean(),
-                rewards.view(-1, self.group_size).std(-1).mean(),
-                zero_signal.float().mean(),
-            ]
+            rollout_stats = [rewards.mean(), rewards.view(-1, self.group_size).std(-1).mean(), zero_signal.float().mean()]
 
         optimizer = self.optimizers()
         for _ in range(self.updates_per_rollout):
@@ -131,21 +130,39 @@ class RLModule(LightningModule):
     def _clip_gradients(self, optimizer: Any) -> Tensor:
         """Gradient norm before clipping; clips through Lightning when ``max_grad_norm`` is set."""
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
+        # ||g|| = ||(||g_1||, ..., ||g_P||)||: one foreach kernel, not get_total_norm's per-call grouping.
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         if self.max_grad_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
         return norm
 
     def _record(self, module_values: list[Tensor], objective_metrics: dict[str, Tensor]) -> None:
+        """Queue one update's diagnostics; :meth:`_flush` hands them to the metric in one call."""
         if self.train_diagnostics is None:
             names = list(MODULE_METRICS) + list(objective_metrics)
             self.train_diagnostics = Diagnostics(names).to(self.device)
-        self.train_diagnostics.update(torch.stack(module_values + list(objective_metrics.values())))
+        self._pending += module_values
+        self._pending += objective_metrics.values()
+        if len(self._pending) >= PENDING_STEPS * len(self.train_diagnostics.names):
+            self._flush()
+
+    def _flush(self) -> None:
+        """One batched metric update for every queued step (a metric call per step costs more
+        than all the diagnostics of a seed-size step)."""
+        if self._pending:
+            self.train_diagnostics.update(torch.stack(self._pending))  # [S * K] -> [S, K] in update
+            self._pending.clear()
 
     def _log_train(self) -> None:
+        self._flush()
         values = self.train_diagnostics.compute()  # synchronised across ranks
         self.train_diagnostics.reset()
-        self.log_dict({f"train/{k}": v for k, v in values.items()}, on_step=True, on_epoch=False)
+        metrics = {f"train/{k}": v for k, v in values.items()}
+        # What self.log_dict(metrics, on_step=True) writes (same loggers, step, logged_metrics and
+        # callback_metrics) without its ResultCollection, which costs a copy of every key's state
+        # per call and a pass over every registered key per batch: most of a seed-size step.
+        self.trainer._logger_connector.log_metrics(metrics)
+        self.trainer.callback_metrics.update(metrics)
         self.log("reward", values["reward"], prog_bar=True, logger=False)
 
     # -- validation ----------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""The training diagnostics' fast path: batched metric updates and direct logger writes keep every value."""
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sapo_lightning.data import QueryDataModule
+from sapo_lightning.metrics import Diagnostics
+from sapo_lightning.module import MODULE_METRICS, PENDING_STEPS, RLModule
+from sapo_lightning.objectives import SAPO, ObjectiveOutput
+from sapo_lightning.policies import MLPPolicy
+from sapo_lightning.tasks import FixedTarget
+
+NAN = float("nan")
+
+
+def test_batched_update_is_mean_min_max_over_steps_skipping_nan():
+    metric = Diagnostics(["loss", "ratio_min", "ratio_max"])
+    metric.update(torch.tensor([[1.0, 0.5, 1.5], [NAN, 0.25, 3.0], [4.0, 0.75, 2.0]]))  # [S=3, K=3]
+    out = metric.compute()
+    assert out["loss"].item() == pytest.approx((1.0 + 4.0) / 2)  # the NaN step is skipped
+    assert out["ratio_min"].item() == 0.25
+    assert out["ratio_max"].item() == 3.0
+
+
+def test_one_batched_update_equals_one_update_per_step():
+    values = torch.randn(7, 4)
+    values[2, 1] = NAN
+    names = ["a", "b_min", "c_max", "d"]
+    batched, stepwise = Diagnostics(names), Diagnostics(names)
+    batched.update(values.flatten())  # [S * K], as the module flushes its queue
+    for row in values:
+        stepwise.update(row)
+    for name, value in stepwise.compute().items():
+        assert batched.compute()[name].item() == pytest.approx(value.item(), abs=1e-6)
+
+
+def test_a_name_without_any_finite_value_is_left_out():
+    metric = Diagnostics(["gate_pos", "loss"])
+    metric.update(torch.tensor([[NAN, 1.0], [NAN, 3.0]]))
+    assert set(metric.compute()) == {"loss"}
+
+
+def module() -> RLModule:
+    task = FixedTarget([2, 5, 7, 3, 1], vocab_size=10)
+    return RLModule(lambda t: MLPPolicy(t, 8), SAPO(), task, group_size=4)
+
+
+def test_queued_diagnostics_are_bounded_without_log_steps_and_none_is_lost():
+    rl = module()
+    k = len(MODULE_METRICS) + 1
+    for step in range(3 * PENDING_STEPS + 5):
+        values = [torch.tensor(float(step))] * len(MODULE_METRICS)
+        rl._record(values, {"gate_mean": torch.tensor(float(step))})
+        assert len(rl._pending) < PENDING_STEPS * k  # flushed into the metric, not kept growing
+    rl._flush()
+    out = rl.train_diagnostics.compute()
+    n = 3 * PENDING_STEPS + 5
+    assert out["reward"].item() == pytest.approx((n - 1) / 2)  # mean of 0..n-1: every step counted once
+    assert rl.train_diagnostics.count.tolist() == [n] * k
+
+
+class Recording(SAPO):
+    """SAPO that keeps what it returned at every update."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[ObjectiveOutput] = []
+
+    def __call__(self, *args) -> ObjectiveOutput:
+        out = super().__call__(*args)
+        self.calls.append(out)
+        return out
+
+
+def test_logged_values_are_the_mean_min_max_of_the_updates_since_the_last_log_point(tmp_path):
+    objective = Recording()
+    task = FixedTarget([2, 5, 7, 3, 1], vocab_size=10)
+    rl = RLModule(lambda t: MLPPolicy(t, 8), objective, task, group_size=4, updates_per_rollout=2,
+                  optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
+    trainer = Trainer(max_steps=12, log_every_n_steps=3, val_check_interval=3, check_val_every_n_epoch=None,
+                      logger=TensorBoardLogger(tmp_path, name="", version=""), enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(rl, QueryDataModule(task, batch_size=2, val_size=4, seed=0))
+    assert len(objective.calls) == 12  # 6 rollout batches x 2 updates
+
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    logged = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    # the same step axis as self.log: Lightning's batch counter, every 3rd batch
+    assert [step for step, _ in logged["train/gate_mean"]] == [2, 5]
+    for i, (_, value) in enumerate(logged["train/gate_mean"]):
+        window = objective.calls[6 * i : 6 * (i + 1)]  # 3 batches x 2 updates
+        assert value == pytest.approx(sum(c.metrics["gate_mean"].item() for c in window) / 6, rel=1e-6)
+        assert logged["train/ratio_max"][i][1] == pytest.approx(max(c.metrics["ratio_max"].item() for c in window))
+        assert logged["train/ratio_min"][i][1] == pytest.approx(min(c.metrics["ratio_min"].item() for c in window))
+        assert logged["train/loss"][i][1] == pytest.approx(sum(c.loss.item() for c in window) / 6, rel=1e-6)
+    for name in MODULE_METRICS:
+        assert f"train/{name}" in logged
+        assert math.isfinite(trainer.logged_metrics[f"train/{name}"].item())
+        assert f"train/{name}" in trainer.callback_metrics  # callbacks (checkpoint monitors) still see them
+    assert "reward" in trainer.progress_bar_metrics
