@@ -241,10 +241,14 @@ class SAPO(Objective):
         metrics = ratio_metrics(z, torch.exp(z) if self.ratio_level == "sequence" else ratio, mask)
         with torch.no_grad():
             gate = 4 * sig * (1 - sig)  # w = f'(r), [N, T]
-            metrics["gate_mean"] = masked_mean(gate, mask)
-            metrics["gate_pos"] = masked_mean(gate, mask & positive)
-            metrics["gate_neg"] = masked_mean(gate, mask & (adv < 0))
-            metrics["soft_clip_frac"] = masked_mean((gate < 0.5).to(gate.dtype), mask)
+            masked_gate = gate * mask  # [N, T]
+            n_tokens = mask.sum()
+            metrics["gate_mean"] = masked_gate.sum() / n_tokens
+            # The advantage's sign is per response: split per-response sums, not [N, T] masks.
+            gate_sums, lengths = masked_gate.sum(-1), mask.sum(-1)  # [N] each
+            for name, side in (("gate_pos", advantages > 0), ("gate_neg", advantages < 0)):
+                metrics[name] = gate_sums[side].sum() / lengths[side].sum()  # NaN for an empty side
+            metrics["soft_clip_frac"] = ((gate < 0.5) & mask).sum().to(gate.dtype) / n_tokens
         if self.ratio_level == "sequence":
             metrics.update(sequence_ratio_metrics(ratio, mask))
         return ObjectiveOutput(loss, metrics)

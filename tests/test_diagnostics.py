@@ -104,3 +104,40 @@ def test_logged_values_are_the_mean_min_max_of_the_updates_since_the_last_log_po
         assert math.isfinite(trainer.logged_metrics[f"train/{name}"].item())
         assert f"train/{name}" in trainer.callback_metrics  # callbacks (checkpoint monitors) still see them
     assert "reward" in trainer.progress_bar_metrics
+
+
+def reference_gate_metrics(sig, advantages, mask):
+    """SAPO's gate diagnostics as first written: masked means over [N, T] selections."""
+    gate = 4 * sig * (1 - sig)
+    adv = advantages.unsqueeze(-1)
+
+    def mean(values, where):
+        return (values * where).sum() / where.sum()
+
+    return {
+        "gate_mean": mean(gate, mask), "gate_pos": mean(gate, mask & (adv > 0)),
+        "gate_neg": mean(gate, mask & (adv < 0)), "soft_clip_frac": mean((gate < 0.5).to(gate.dtype), mask),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sapo_gate_diagnostics_by_response_sums_equal_the_token_masked_means(dtype):
+    g = torch.Generator().manual_seed(0)
+    log_probs = (-3 * torch.rand(64, 9, generator=g, dtype=dtype)).requires_grad_(True)
+    old = log_probs.detach() + torch.randn(64, 9, generator=g, dtype=dtype)  # ratios far from 1: some w < 0.5
+    advantages = torch.randn(64, generator=g, dtype=dtype)
+    advantages[::5] = 0.0  # zero advantage: in neither gate_pos nor gate_neg
+    mask = torch.arange(9) < torch.randint(1, 10, (64, 1), generator=g)
+    objective = SAPO(tau_pos=1.0, tau_neg=1.05)
+    out = objective(log_probs, old, advantages, mask)
+    tau = torch.where(advantages > 0, torch.tensor(1.0, dtype=dtype), torch.tensor(1.05, dtype=dtype)).unsqueeze(-1)
+    sig = torch.sigmoid(tau * (torch.exp(log_probs.detach() - old) - 1))
+    expected = reference_gate_metrics(sig, advantages, mask)
+    assert out.metrics["gate_mean"].item() == expected["gate_mean"].item()  # same reduction: bit for bit
+    assert out.metrics["soft_clip_frac"].item() == expected["soft_clip_frac"].item() > 0  # exact counts
+    for name in ("gate_pos", "gate_neg"):  # summed per response first: float rounding only
+        assert out.metrics[name].item() == pytest.approx(expected[name].item(), rel=1e-6)
+        assert out.metrics[name].dtype == dtype
+    # one sign absent: that side is NaN (skipped when logged), as a mean over no token was before
+    out = objective(log_probs, old, advantages.abs() + 1, mask)
+    assert math.isnan(out.metrics["gate_neg"].item()) and math.isfinite(out.metrics["gate_pos"].item())
