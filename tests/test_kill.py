@@ -79,7 +79,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, fork):
             time.sleep(rng.uniform(0.0, 0.3))
         os.kill(child.pid, signal.SIGKILL)
         child.join()
-        assert child.exitcode == -signal.SIGKILL
+        assert child.exitcode == -signal.SIGKILL, f"trial {trial}: the run ended by itself ({child.exitcode})"
         for path in tmp_path.rglob("*.ckpt"):  # no torn file under any checkpoint name
             torch.load(path, weights_only=True)
         last = newest(tmp_path)
