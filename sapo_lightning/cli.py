@@ -5,22 +5,59 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from typing import Any
 
 from jsonargparse import ArgumentError
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from sapo_lightning.callbacks import OldPolicySync
+from sapo_lightning.checkpointing import RunCheckpoint
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.errors import ConfigError
 from sapo_lightning.module import RLModule
 
+#: What every run gets unless the config says otherwise: see :class:`RunCheckpoint`.
+CHECKPOINT_DEFAULTS = {
+    "checkpoint.filename": "{step}",
+    "checkpoint.save_last": True,
+    "checkpoint.every_n_train_steps": 50,
+    "trainer.plugins": {"class_path": "sapo_lightning.checkpointing.AtomicCheckpointIO"},
+}
+
 
 class SAPOCLI(LightningCLI):
-    """LightningCLI with the task shared between data and model, and the old-policy sync."""
+    """LightningCLI with the task shared between data and model, the old-policy sync, and checkpoints.
+
+    Every run saves ``step=N.ckpt`` and ``last.ckpt`` in its own version directory, every
+    ``checkpoint.every_n_train_steps`` steps and when it ends, through a writer that is
+    atomic under ``kill -9``; ``fit --ckpt_path last`` resumes from the newest complete one,
+    loading with ``weights_only=True``.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.task", "model.task", apply_on="instantiate")
         parser.add_lightning_class_args(OldPolicySync, "sync")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.set_defaults(CHECKPOINT_DEFAULTS)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer = self._get(self.config_init, "trainer", default={})
+        if trainer.get("enable_checkpointing") is False:  # an explicit opt-out drops the default checkpoint
+            parser = self._parser(self.subcommand)
+            parser.callback_keys = [key for key in parser.callback_keys if key != "checkpoint"]
+        return super().instantiate_trainer(**kwargs)
+
+    def before_fit(self) -> None:
+        updates, max_steps = self.model.updates_per_rollout, self.trainer.max_steps
+        if max_steps > 0 and max_steps % updates:
+            raise ConfigError(
+                f"trainer.max_steps must be a multiple of model.updates_per_rollout={updates} "
+                f"(a rollout batch makes {updates} optimizer steps); got {max_steps}"
+            )
+        config = self.config_init[self.subcommand]
+        if config.get("weights_only") is None:
+            config["weights_only"] = True  # a checkpoint holds tensors and plain types only
 
 
 def main(args: list[str] | None = None) -> None:

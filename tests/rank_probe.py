@@ -1,0 +1,54 @@
+"""Test-only callback: what one DDP rank saw, written to ``<out>/rank<R>.pt`` when training ends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+
+def flat(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in module.parameters()]).cpu()
+
+
+class RankProbe(Callback):
+    """Records the step training starts at; per batch the queries and the old policy it samples
+    from (so after the syncs of earlier batches), and the logged train reward; at the end both
+    policies and all metrics."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+        self.queries: list[torch.Tensor] = []
+        self.old_policy: list[torch.Tensor] = []
+        self.train_reward: dict[int, torch.Tensor] = {}
+        self.start_step = -1
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.start_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self.queries.append(batch["queries"].cpu().clone())
+        self.old_policy.append(flat(pl_module.old_policy))
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        if "train/reward" in trainer.callback_metrics:
+            self.train_reward[trainer.global_step] = trainer.callback_metrics["train/reward"].cpu().clone()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        metrics = {k: v.cpu().clone() for k, v in trainer.callback_metrics.items()}
+        torch.save(
+            {
+                "start_step": self.start_step,
+                "end_step": trainer.global_step,
+                "queries": torch.stack(self.queries),  # [batches, B, D]
+                "old_policy": torch.stack(self.old_policy),  # [batches, P]
+                "policy": flat(pl_module.policy),  # [P]
+                "final_old_policy": flat(pl_module.old_policy),  # [P]
+                "train_reward": self.train_reward,
+                "metrics": metrics,
+            },
+            self.out / f"rank{trainer.global_rank}.pt",
+        )

@@ -1,0 +1,64 @@
+"""Two-process DDP on CPU (gloo), run as a subprocess: what each rank saw and ended with."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).parents[1]
+STEPS, UPDATES, EVERY = 60, 2, 10
+
+
+def test_ddp_two_ranks_agree_and_solve(tmp_path):
+    probe = tmp_path / "probe"
+    command = [
+        sys.executable, "-m", "sapo_lightning", "fit", f"--config={ROOT / 'configs' / 'ddp.yaml'}",
+        f"--trainer.default_root_dir={tmp_path}", f"--trainer.max_steps={STEPS}",
+        f"--model.updates_per_rollout={UPDATES}",  # several backward passes per training_step under DDP
+        "--model.optimizer.init_args.lr=0.01", f"--sync.every_n_steps={EVERY}",
+        f"--trainer.val_check_interval={STEPS // UPDATES}",  # validate once, on the final policy
+        "--trainer.log_every_n_steps=5", "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=rank_probe.RankProbe", f"--trainer.callbacks.out={probe}",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(probe / f"rank{r}.pt") for r in (0, 1))
+
+    # Each rank draws its own queries, at every step.
+    batches = STEPS // UPDATES
+    assert rank0["queries"].shape == rank1["queries"].shape == (batches, 8, 5)
+    assert not (rank0["queries"] == rank1["queries"]).all(-1).any(), "a rank repeated the other's query"
+
+    # Gradients are all-reduced: the same policy on both ranks despite different data.
+    assert torch.equal(rank0["policy"], rank1["policy"])
+    # Every batch samples from the same old policy on both ranks; it changes after each batch
+    # that reaches a multiple of 10 steps, and the last sync (step 60) leaves it equal to the policy.
+    assert torch.equal(rank0["old_policy"], rank1["old_policy"])
+    changed = (rank0["old_policy"][1:] != rank0["old_policy"][:-1]).any(-1)  # [batches - 1]: after batch b
+    assert changed.nonzero().flatten().tolist() == [b for b in range(batches - 1) if (b + 1) * UPDATES % EVERY == 0]
+    assert torch.equal(rank0["final_old_policy"], rank1["final_old_policy"])
+    assert torch.equal(rank0["final_old_policy"], rank0["policy"])
+
+    # Logged metrics are global: both ranks report the same values although their rollouts differ.
+    assert rank0["train_reward"].keys() == rank1["train_reward"].keys() and len(rank0["train_reward"]) >= 5
+    for step, reward in rank0["train_reward"].items():
+        assert torch.equal(reward, rank1["train_reward"][step]), step
+    for name in ("train/reward", "val/reward", "val/exact_match"):
+        assert torch.equal(rank0["metrics"][name], rank1["metrics"][name]), name
+
+    # Solved: every validation query (split over the two ranks) decodes to the target.
+    assert rank0["metrics"]["val/exact_match"] == 1.0
+
+    # Rank 0 alone wrote the end-of-run checkpoint, which holds the ranks' common weights.
+    files = sorted(p.name for p in (tmp_path / "lightning_logs" / "version_0" / "checkpoints").iterdir())
+    assert files == ["last.ckpt", f"step={STEPS}.ckpt"]
+    checkpoint = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == STEPS
+    policy = torch.cat([v.flatten() for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")])
+    assert torch.equal(policy, rank0["policy"])

@@ -1,0 +1,146 @@
+"""Exact resume: stop a run, resume it from its end-of-run checkpoint, and get the uninterrupted run bit for bit."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+
+from sapo_lightning.checkpointing import AtomicCheckpointIO
+from sapo_lightning.cli import main
+
+CONFIG = Path(__file__).parents[1] / "configs" / "sapo.yaml"
+# Validation and logging every few steps, so that their loop state is part of what must match.
+QUICK = ["--trainer.enable_progress_bar=false", "--trainer.val_check_interval=10", "--data.val_size=16",
+         "--trainer.log_every_n_steps=5", "--sync.every_n_steps=10"]
+CHECKPOINT_KEYS = {"epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops", "callbacks",
+                   "optimizer_states", "lr_schedulers", "hparams_name", "hyper_parameters"}
+
+
+def fit(root: Path, max_steps: int, *extra: str, ckpt_path: str | None = None) -> None:
+    args = ["fit", f"--config={CONFIG}", f"--trainer.default_root_dir={root}", f"--trainer.max_steps={max_steps}",
+            *QUICK, *extra]
+    with mock.patch.object(sys, "argv", ["sapo-lightning"]):  # not pytest's arguments
+        main(args + ([f"--ckpt_path={ckpt_path}"] if ckpt_path else []))
+
+
+def run_dir(root: Path, version: int) -> Path:
+    return root / "lightning_logs" / f"version_{version}" / "checkpoints"
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def assert_identical(a, b, where: str = "checkpoint") -> None:
+    """Equal structure, equal plain values, and tensors equal in dtype and every bit."""
+    assert type(a) is type(b), where
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        same = a.dtype == b.dtype and torch.equal(a, b)
+        assert same, f"{where} differs"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def training_state(checkpoint: dict) -> dict:
+    """Everything but the checkpoint callback's own state, which names this run's files."""
+    callbacks = {k: v for k, v in checkpoint["callbacks"].items() if not k.startswith("RunCheckpoint")}
+    return {**checkpoint, "callbacks": callbacks}
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def resumed(root: Path, stop: int, total: int, *extra: str, ckpt_path: str = "last") -> tuple[dict, dict]:
+    """Run to ``stop``, resume to ``total``; the final checkpoint and what the resumed run saw."""
+    fit(root, stop, *extra)
+    end_of_run = run_dir(root, 0) / f"step={stop}.ckpt"
+    assert load(end_of_run)["global_step"] == stop
+    first_run = digests(run_dir(root, 0))
+    probe = root / "probe"
+    fit(root, total, *extra, "--trainer.callbacks+=rank_probe.RankProbe", f"--trainer.callbacks.out={probe}",
+        ckpt_path=str(end_of_run) if ckpt_path == "path" else ckpt_path)
+    assert digests(run_dir(root, 0)) == first_run, "the resumed run touched the first run's files"
+    seen = torch.load(probe / "rank0.pt")
+    return load(run_dir(root, 1) / "last.ckpt"), seen
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, dict]:
+    """40 steps in one go, for updates_per_rollout 1 and 2."""
+    out = {}
+    for updates in (1, 2):
+        root = tmp_path_factory.mktemp(f"straight{updates}")
+        fit(root, 40, f"--model.updates_per_rollout={updates}")
+        out[updates] = load(run_dir(root, 0) / "last.ckpt")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("stop", "updates", "ckpt_path"),
+    [(20, 1, "last"), (25, 1, "path"), (24, 2, "last")],
+    ids=["20+20 at a sync", "25+15 between syncs", "24+16 two updates per rollout"],
+)
+def test_resume_equals_uninterrupted(tmp_path, uninterrupted, stop, updates, ckpt_path):
+    final, seen = resumed(tmp_path, stop, 40, f"--model.updates_per_rollout={updates}", ckpt_path=ckpt_path)
+    # It really resumed: it started at the checkpoint's step and drew only the missing batches.
+    assert (seen["start_step"], seen["end_step"]) == (stop, 40)
+    assert len(seen["queries"]) == (40 - stop) // updates
+    straight = uninterrupted[updates]
+    assert final["global_step"] == straight["global_step"] == 40
+    assert_identical(training_state(final), training_state(straight))
+
+
+def test_checkpoint_contents(uninterrupted):
+    """What the README says a checkpoint holds, all loadable with weights_only=True."""
+    checkpoint = uninterrupted[1]
+    assert checkpoint.keys() == CHECKPOINT_KEYS
+    assert {k.split(".")[0] for k in checkpoint["state_dict"]} == {"policy", "old_policy"}
+    assert checkpoint["callbacks"]["OldPolicySync"] == {"every_n_steps": 10, "last_sync_step": 40}
+    # Synced at step 40, so the behaviour policy equals the policy.
+    for name, value in checkpoint["state_dict"].items():
+        if name.startswith("policy."):
+            assert torch.equal(value, checkpoint["state_dict"]["old_" + name])
+    assert checkpoint["optimizer_states"][0]["state"][0]["step"] == 40
+
+
+def test_max_steps_not_multiple_of_updates_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fit(tmp_path, 25, "--model.updates_per_rollout=2")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["sapo-lightning: error: trainer.max_steps must be a multiple of model.updates_per_rollout=2 "
+                   "(a rollout batch makes 2 optimizer steps); got 25"]
+    assert not any(tmp_path.iterdir())
+
+
+def test_second_run_writes_beside_the_first(tmp_path):
+    fit(tmp_path, 10)
+    first = digests(run_dir(tmp_path, 0))
+    assert set(first) == {"step=10.ckpt", "last.ckpt"}
+    fit(tmp_path, 10)
+    assert digests(run_dir(tmp_path, 0)) == first
+    assert set(digests(run_dir(tmp_path, 1))) == {"step=10.ckpt", "last.ckpt"}
+
+
+def test_cli_resumes_with_weights_only(tmp_path):
+    fit(tmp_path, 10)
+    load_checkpoint = AtomicCheckpointIO.load_checkpoint
+    with mock.patch.object(AtomicCheckpointIO, "load_checkpoint", autospec=True, side_effect=load_checkpoint) as spy:
+        fit(tmp_path, 10, ckpt_path="last")
+    (call,) = spy.call_args_list
+    assert call.args[1] == str(run_dir(tmp_path, 0) / "last.ckpt")
+    assert call.kwargs["weights_only"] is True
