@@ -9,18 +9,19 @@ hidden 32, T=5, V=10, group 8, Adam lr 1e-3, old-policy sync every 10 steps, log
 sequences, the seed size) and at 512 (4096 sequences):
 
 - ``fit`` is the real command, ``sapo_lightning.cli.main(["fit", "--config", ...])``: the CLI,
-  the TensorBoard logger with every diagnostic, validation, the checkpoint written after each
-  validation, and the progress bar (writing to /dev/null) unless ``--no-progress-bar``.
+  the TensorBoard logger with every diagnostic, validation, the CLI's atomic (fsync'ed)
+  checkpoints every 50 steps, and the progress bar (writing to /dev/null) unless
+  ``--no-progress-bar``.
 - ``plain`` is the loop one writes by hand: the same query stream, rollout, rewards, group
   advantages, SAPO objective, ``loss.backward()``, ``Adam.step()``, the same sync and the same
   greedy validation, logging nothing.
-- ``floor`` is Lightning's own per-step cost: the same Trainer settings and DataModule driving
-  a module whose step is one manual-optimization Adam step on a single parameter and whose
-  validation does nothing. fit − plain − floor is what the RLModule adds beyond the math.
+- ``floor`` is Lightning's own per-step cost: the same Trainer settings, checkpointing and
+  DataModule driving a module whose step is one manual-optimization Adam step on a single
+  parameter and whose validation does nothing. fit − plain − floor is what the RLModule adds beyond the math.
 
 Timing: a timestamp at the start of every step (for ``fit`` and ``floor``, a callback's
 ``on_train_batch_start``); the sides run ``--repeats`` times, alternating. The run is cut into windows of 50 steps, each holding the same
-periodic work (5 log points, 5 syncs, 1 validation and its checkpoint), after a warm-up of
+periodic work (5 log points, 5 syncs, 1 validation, 1 checkpoint), after a warm-up of
 one window. A window's time / 50 is a per-step cost with everything amortised; the table
 gives the fastest window (the least disturbed by other processes on a shared machine) and
 the median window, over all repeats. The last column runs both sides 50 steps from the same seed and prints
@@ -44,6 +45,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from sapo_lightning.advantages import group_advantages
+from sapo_lightning.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from sapo_lightning.cli import main
 from sapo_lightning.compare import redirect_output
 from sapo_lightning.data import VALIDATION_STREAM, QueryDataModule, QueryStream, derive_seed
@@ -127,10 +129,11 @@ def floor(batch_size: int, steps: int, root: str, progress_bar: bool) -> None:
     """configs/sapo.yaml's Trainer settings and DataModule around :class:`Floor`."""
     data = QueryDataModule(FixedTarget(TARGET, vocab_size=VOCAB), batch_size=batch_size, val_size=VAL_SIZE, seed=SEED)
     with redirect_output(os.devnull):
+        checkpoint = RunCheckpoint(filename="{step}", save_last=True, every_n_train_steps=VAL_EVERY)  # the CLI's
         trainer = Trainer(
             max_steps=steps, accelerator="cpu", devices=1, val_check_interval=VAL_EVERY, check_val_every_n_epoch=None,
             log_every_n_steps=SYNC_EVERY, enable_model_summary=False, enable_progress_bar=progress_bar,
-            default_root_dir=root, callbacks=[StepClock()],
+            default_root_dir=root, callbacks=[StepClock(), checkpoint], plugins=[AtomicCheckpointIO()],
         )
         trainer.fit(Floor(), data)
 
