@@ -154,7 +154,7 @@ def set_dotted(config: dict, key: str, value: Any) -> None:
 
 
 def build_cells(
-    name: str, tasks: dict, objectives: dict, seeds: list[int], overrides: dict, root: Path
+    tasks: dict, objectives: dict, seeds: list[int], overrides: dict, root: Path
 ) -> list[tuple[Cell, dict]]:
     """Every (task, objective, seed) with its full fit config."""
     cells = []
@@ -168,7 +168,7 @@ def build_cells(
                 config = copy.deepcopy(base)
                 for key, value in {**overrides, **(spec.get("overrides") or {})}.items():
                     set_dotted(config, key, value)
-                config["model"]["objective"] = copy.deepcopy(objective_spec)
+                set_dotted(config, "model.objective", objective_spec)
                 config["seed_everything"] = seed
                 log_dir = root / "runs" / task / objective
                 set_dotted(config, "trainer.enable_progress_bar", False)
@@ -222,10 +222,12 @@ def redirect_output(path: str | Path) -> Iterator[None]:
             os.close(saved[0]), os.close(saved[1])
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, spawned: bool = True) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    if spawned:  # the parent's `compare ...` argv is no concern of the fits (LightningCLI would warn)
+        del sys.argv[1:]
 
 
 def fit_cell(config: str, log_file: str) -> tuple[float, str | None]:
@@ -372,11 +374,11 @@ def compare(
     overrides = overrides or {}
     check_study(tasks, objectives, seeds, threshold, margin, window, workers)
     root = Path(out) / name
+    if root.exists() and not overwrite:
+        raise ConfigError(f"{root} exists: pass --overwrite true to replace it, or another --name")
+    cells = build_cells(tasks, objectives, seeds, overrides, root)  # refuses a missing base config
     if root.exists():
-        if not overwrite:
-            raise ConfigError(f"{root} exists: pass --overwrite true to replace it, or another --name")
         shutil.rmtree(root)
-    cells = build_cells(name, tasks, objectives, seeds, overrides, root)
     for cell, config in cells:
         cell.config.parent.mkdir(parents=True, exist_ok=True)
         cell.config.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -445,7 +447,7 @@ def run_cells(cells: list[Cell], workers: int, metric: str) -> dict[str, dict]:
         print(f"[{done}/{len(cells)}] {cell.label}: {seconds:.0f} s, {status}; eta {eta / 60:.1f} min", flush=True)
 
     if workers == 1:
-        _init_worker(1)
+        _init_worker(1, spawned=False)
         for cell in cells:
             report(cell, *fit_cell(str(cell.config), str(cell.log_dir / "fit.log")))
         return scalars
