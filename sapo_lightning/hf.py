@@ -15,7 +15,8 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from sapo_lightning.errors import ConfigError
-from sapo_lightning.policies import Policy, Rollout, Scores, check_temperature, check_token_queries, decode, token_scores
+from sapo_lightning.objectives import check_positive
+from sapo_lightning.policies import Policy, Rollout, Scores, check_token_queries, decode, token_scores
 from sapo_lightning.tasks import Task
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -63,7 +64,7 @@ class HFCausalLMPolicy(Policy):
         check_token_queries("HFCausalLMPolicy", task)
         if dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
-        self.temperature = check_temperature(temperature)
+        self.temperature = check_positive("temperature", temperature)
         self.query_len = task.query_dim
         self.max_new_tokens = task.response_len
         self.eos_token = task.eos_token

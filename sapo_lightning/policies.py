@@ -8,7 +8,6 @@ vocabulary and response length: in a config, give its class and its own argument
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -68,12 +67,6 @@ def token_scores(logits: Tensor, tokens: Tensor) -> Scores:
     log_p = torch.log_softmax(logits.float(), dim=-1)  # [..., V]
     entropy = -(log_p.exp() * log_p).sum(-1)
     return Scores(log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy)
-
-
-def check_temperature(temperature: float) -> float:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"temperature must be a finite number > 0; got {temperature!r}")
-    return float(temperature)
 
 
 def check_token_queries(policy: str, task: Task) -> None:

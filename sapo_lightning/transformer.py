@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sapo_lightning.errors import ConfigError
-from sapo_lightning.policies import Policy, Rollout, Scores, check_temperature, check_token_queries, decode, token_scores
+from sapo_lightning.objectives import check_positive
+from sapo_lightning.policies import Policy, Rollout, Scores, check_token_queries, decode, token_scores
 from sapo_lightning.tasks import Task
 
 
@@ -111,7 +112,7 @@ class TransformerPolicy(Policy):
             raise ConfigError(f"d_model must be a multiple of n_head={n_head}; got {d_model}")
         if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
             raise ConfigError(f"dropout must be a number in [0, 1); got {dropout!r}")
-        self.temperature = check_temperature(temperature)
+        self.temperature = check_positive("temperature", temperature)
         self.use_kv_cache = use_kv_cache
         self.n_head = n_head
         self.query_len = task.query_dim

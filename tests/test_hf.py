@@ -1,21 +1,26 @@
 """HFCausalLMPolicy on tiny random models saved to disk and loaded with from_pretrained (no download)."""
 
-import os
-
-os.environ["HF_HUB_OFFLINE"] = "1"  # noqa: E402  (before transformers reads it)
-
 from pathlib import Path
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+import huggingface_hub.constants  # a dependency of transformers
 
-from sapo_lightning.errors import ConfigError  # noqa: E402
-from sapo_lightning.hf import HFCausalLMPolicy, main as hf_main  # noqa: E402
-from sapo_lightning.tasks import ModularAddition, Reverse  # noqa: E402
+from sapo_lightning.errors import ConfigError
+from sapo_lightning.hf import HFCausalLMPolicy
+from sapo_lightning.hf import main as hf_main
+from sapo_lightning.tasks import ModularAddition, Reverse
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hf_tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No test may reach the hub: HF_HUB_OFFLINE=1, also for a huggingface_hub imported earlier (by torchmetrics)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +69,8 @@ def test_identity_map_is_the_full_model_distribution(models):
 
 
 def test_tokenizer_maps_task_tokens_by_text(models, tmp_path):
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
 
     words = ["<eos>", "x", "+", "="] + [str(d) for d in range(10)] + ["12", "y"]  # ids 0..15
     backend = Tokenizer(tok_models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="x"))
