@@ -109,7 +109,6 @@ def test_hf_tiny_config_trains_through_the_cli(tmp_path):
     main(["fit", "--config", str(CONFIG), f"--model.policy.init_args.path={tmp_path / 'model'}",
           "--trainer.max_steps=2", "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar=false",
           "--trainer.val_check_interval=2", "--data.val_size=16", "--data.batch_size=4"])
-    (checkpoint,) = tmp_path.glob("lightning_logs/version_0/checkpoints/*.ckpt")
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     assert state["global_step"] == 2
     assert "policy.model.model.embed_tokens.weight" in state["state_dict"]
