@@ -37,6 +37,10 @@ class HFCausalLMPolicy(Policy):
       token of this tokenizer; the task's EOS becomes the tokenizer's EOS;
     - neither: the identity (task token t is model token t).
 
+    Updates run the model in train mode: a checkpoint whose config sets dropout (GPT-2's
+    default is 0.1) scores with dropout, so π_θ ≠ π_old even at the first update; set its
+    dropout to 0 in ``config.json`` for exact on-policy ratios (Llama-style models have none).
+
     Args:
         task: Token-query task; sets the vocabulary, max_new_tokens and EOS.
         path: Directory of a model saved with ``save_pretrained`` (or a hub id, when online).
