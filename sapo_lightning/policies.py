@@ -8,6 +8,7 @@ vocabulary and response length: in a config, give its class and its own argument
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -66,6 +67,53 @@ def token_scores(logits: Tensor, tokens: Tensor) -> Scores:
     log_p = torch.log_softmax(logits.float(), dim=-1)  # [..., V]
     entropy = -(log_p.exp() * log_p).sum(-1)
     return Scores(log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy)
+
+
+def check_token_queries(policy: str, task: Task) -> None:
+    if task.query_dtype != torch.long:
+        raise ConfigError(f"{policy} needs token queries; task {type(task).__name__} gives state queries")
+
+
+@torch.no_grad()
+def decode(
+    next_logits: Callable[[Tensor | None], Tensor],
+    n: int,
+    max_new_tokens: int,
+    eos_token: int | None,
+    generator: torch.Generator | None,
+    greedy: bool,
+    temperature: float,
+    device: torch.device,
+    stop_when_done: bool = True,
+) -> Rollout:
+    """Autoregressive sampling loop shared by the token-by-token policies.
+
+    ``next_logits(None)`` reads the queries and returns the logits ``[N, V]`` of the first
+    response token; ``next_logits(tokens)`` appends ``tokens`` ``[N]`` and returns those of the
+    next one. Tokens are drawn from softmax(logits / temperature) and their log-probs are
+    under that tempered distribution, as :meth:`Policy.score` must compute them too. After
+    a response's ``eos_token`` its positions hold ``eos_token`` and are masked out. Every
+    step draws ``[N, V]`` uniforms from ``generator`` whether a row has ended or not, so the
+    draws do not depend on how the logits were computed. Decoding stops after
+    ``max_new_tokens`` tokens, or, with ``stop_when_done``, once every response has ended.
+    """
+    responses = torch.full((n, max_new_tokens), 0 if eos_token is None else eos_token, device=device)  # [N, T]
+    log_probs = torch.zeros(n, max_new_tokens, device=device)  # [N, T]
+    mask = torch.zeros(n, max_new_tokens, dtype=torch.bool, device=device)  # [N, T]
+    done = torch.zeros(n, dtype=torch.bool, device=device)  # [N]
+    logits = next_logits(None)  # [N, V]
+    for t in range(max_new_tokens):
+        tokens, token_log_probs = sample_from_logits(logits / temperature, generator, greedy)  # [N] each
+        live = ~done
+        responses[:, t] = torch.where(live, tokens, responses[:, t])
+        log_probs[:, t] = torch.where(live, token_log_probs, 0.0)
+        mask[:, t] = live
+        if eos_token is not None:
+            done |= tokens == eos_token
+        if t + 1 == max_new_tokens or (stop_when_done and bool(done.all())):
+            break
+        logits = next_logits(responses[:, t])
+    return Rollout(responses, log_probs, mask)
 
 
 class MLPPolicy(Policy):

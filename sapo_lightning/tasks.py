@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -79,3 +81,196 @@ class FixedTarget(Task):
 
     def exact_match(self, queries: Tensor, responses: Tensor, mask: Tensor) -> Tensor:
         return self._matches(responses).all(-1)  # [N]
+
+
+# -- query-conditioned tasks ----------------------------------------------------------------
+#: Token ids every sequence task reserves. Queries and answers never use them as symbols.
+EOS = 0  # ends a response; a response's mask covers it
+SEP = 1  # ends a query ("="): the answer starts after it
+PLUS = 2  # separates the operands of ModularAddition ("+")
+FIRST_SYMBOL = 3  # symbol s (digit, letter...) is token FIRST_SYMBOL + s
+REWARDS = ("partial", "exact")
+
+
+def _check_int(name: str, value: int, low: int, high: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be an integer {allowed}; got {value!r}")
+    return value
+
+
+def _symbol_text(symbol: int) -> str:
+    """Text of symbol s for a tokenizer: a-z, A-Z, then <s>."""
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return letters[symbol] if symbol < len(letters) else f"<{symbol}>"
+
+
+class SequenceTask(Task):
+    """A task whose answer is a token sequence computed from the query (a verifiable reward).
+
+    The query is a row of token ids ending in ``SEP``; the correct response is
+    ``target(query)`` (L tokens) followed by ``EOS``. Token ids: 0 = EOS, 1 = SEP, 2 = PLUS,
+    symbols from 3; ids the task never uses (up to ``vocab_size``) are distractors the
+    policy may still emit, for the large-vocabulary regime.
+
+    Rewards, with |y| the response length (its mask, EOS included) and y* = target + EOS:
+        - ``partial``: (1 / (L+1)) Σ_{t ≤ L} [y_t = y*_t]  (share of positions right)
+        - ``exact``: 1 if y = y* else 0  (binary, as in verifiable-reward RL)
+        - minus ``length_penalty`` · max(0, |y| − (L+1)) for every token past y*'s length.
+    ``exact_match`` is the binary criterion whatever the reward.
+    """
+
+    query_dtype = torch.long
+    eos_token = EOS
+    target_len: int
+
+    def __init__(
+        self, num_symbols: int, vocab_size: int | None, max_new_tokens: int | None, reward: str, length_penalty: float
+    ) -> None:
+        needed = FIRST_SYMBOL + num_symbols
+        self.vocab_size = needed if vocab_size is None else _check_int("vocab_size", vocab_size, needed)
+        min_len = self.target_len + 1
+        self.response_len = min_len if max_new_tokens is None else _check_int("max_new_tokens", max_new_tokens, min_len)
+        if reward not in REWARDS:
+            raise ConfigError(f"reward must be one of {', '.join(REWARDS)}; got {reward!r}")
+        if not (isinstance(length_penalty, (int, float)) and math.isfinite(length_penalty) and length_penalty >= 0):
+            raise ConfigError(f"length_penalty must be a finite number >= 0; got {length_penalty!r}")
+        self.reward_mode = reward
+        self.length_penalty = float(length_penalty)
+
+    def target(self, queries: Tensor) -> Tensor:
+        """The correct answer ``[N, L]`` (without EOS) to each query ``[N, query_dim]``."""
+        raise NotImplementedError
+
+    @property
+    def token_texts(self) -> list[str | None]:
+        """Text of each token id, for mapping onto a tokenizer's vocabulary (None: the tokenizer's EOS)."""
+        reserved = [None, "=", "+"]
+        return reserved + [_symbol_text(s) for s in range(self.vocab_size - FIRST_SYMBOL)]
+
+    def _scores(self, queries: Tensor, responses: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        target = self.target(queries)  # [N, L]
+        eos = target.new_full((target.shape[0], 1), EOS)
+        expected = torch.cat([target, eos], 1)  # [N, L+1]
+        n = expected.shape[1]
+        right = (responses[:, :n] == expected) & mask[:, :n]  # [N, L+1]
+        length = mask.sum(-1)  # [N]
+        exact = right.all(-1) & (length == n)  # [N]
+        return right, exact, length
+
+    def reward(self, queries: Tensor, responses: Tensor, mask: Tensor) -> Tensor:
+        right, exact, length = self._scores(queries, responses, mask)
+        score = right.float().mean(-1) if self.reward_mode == "partial" else exact.float()  # [N]
+        excess = (length - right.shape[1]).clamp(min=0)  # [N]
+        return score - self.length_penalty * excess
+
+    def exact_match(self, queries: Tensor, responses: Tensor, mask: Tensor) -> Tensor:
+        return self._scores(queries, responses, mask)[1]
+
+
+class _SymbolTask(SequenceTask):
+    """Queries of ``length`` random symbols then SEP; subclasses say what the answer is."""
+
+    def __init__(
+        self,
+        length: int = 4,
+        num_symbols: int = 8,
+        vocab_size: int | None = None,
+        max_new_tokens: int | None = None,
+        reward: str = "partial",
+        length_penalty: float = 0.0,
+    ) -> None:
+        self.length = _check_int("length", length, 1)
+        self.num_symbols = _check_int("num_symbols", num_symbols, 2)
+        self.target_len = length
+        self.query_dim = length + 1
+        super().__init__(num_symbols, vocab_size, max_new_tokens, reward, length_penalty)
+
+    def sample_queries(self, n: int, generator: torch.Generator) -> Tensor:
+        symbols = torch.randint(FIRST_SYMBOL, FIRST_SYMBOL + self.num_symbols, (n, self.length), generator=generator)
+        return torch.cat([symbols, torch.full((n, 1), SEP)], 1)  # [n, length + 1]
+
+
+class Copy(_SymbolTask):
+    """Repeat the query: ``a b c =`` → ``a b c EOS``.
+
+    Args:
+        length: Symbols per query (L).
+        num_symbols: Distinct symbols queries draw from (ids 3 .. 3 + num_symbols − 1).
+        vocab_size: Token ids the policy chooses from; default 3 + num_symbols. Larger
+            values add distractor ids that never appear in a query (e.g. 4096).
+        max_new_tokens: Response length bound T; default L + 1 (the answer and EOS).
+        reward: ``partial`` (share of positions right) or ``exact`` (binary).
+        length_penalty: Reward subtracted per response token past L + 1 (>= 0).
+    """
+
+    def target(self, queries: Tensor) -> Tensor:
+        return queries[:, : self.length]
+
+
+class Reverse(_SymbolTask):
+    """Reverse the query: ``a b c =`` → ``c b a EOS``. Arguments as :class:`Copy`."""
+
+    def target(self, queries: Tensor) -> Tensor:
+        return queries[:, : self.length].flip(-1)
+
+
+class Sort(_SymbolTask):
+    """Sort the query's symbols ascending: ``c a b =`` → ``a b c EOS``. Arguments as :class:`Copy`."""
+
+    def target(self, queries: Tensor) -> Tensor:
+        return queries[:, : self.length].sort(-1).values
+
+
+class ModularAddition(SequenceTask):
+    """(a + b) mod m in decimal digits: ``0 7 + 0 5 =`` → ``1 2 EOS`` (num_digits=2).
+
+    Operands a, b are uniform in [0, m), written most significant digit first with
+    ``num_digits`` digits (leading zeros); so is the answer. Digit d is token 3 + d.
+
+    Args:
+        num_digits: Digits per number, in [1, 9].
+        modulus: m, in [2, 10**num_digits]; default 10**num_digits (the carry out is dropped).
+        vocab_size: Token ids the policy chooses from; default 13 (3 reserved + 10 digits).
+        max_new_tokens: Response length bound T; default num_digits + 1.
+        reward: ``partial`` (share of digits right) or ``exact`` (binary).
+        length_penalty: Reward subtracted per response token past num_digits + 1 (>= 0).
+    """
+
+    def __init__(
+        self,
+        num_digits: int = 2,
+        modulus: int | None = None,
+        vocab_size: int | None = None,
+        max_new_tokens: int | None = None,
+        reward: str = "partial",
+        length_penalty: float = 0.0,
+    ) -> None:
+        self.num_digits = _check_int("num_digits", num_digits, 1, 9)
+        self.modulus = 10**num_digits if modulus is None else _check_int("modulus", modulus, 2, 10**num_digits)
+        self.target_len = num_digits
+        self.query_dim = 2 * num_digits + 2
+        self._places = 10 ** torch.arange(num_digits - 1, -1, -1)  # [D]: 10^(D-1) .. 1
+        super().__init__(10, vocab_size, max_new_tokens, reward, length_penalty)
+
+    @property
+    def token_texts(self) -> list[str | None]:
+        texts = super().token_texts
+        texts[FIRST_SYMBOL : FIRST_SYMBOL + 10] = [str(d) for d in range(10)]
+        return texts
+
+    def _digits(self, numbers: Tensor) -> Tensor:  # [N] -> [N, D] tokens
+        return FIRST_SYMBOL + numbers.unsqueeze(-1) // self._places.to(numbers.device) % 10
+
+    def _number(self, tokens: Tensor) -> Tensor:  # [N, D] tokens -> [N]
+        return ((tokens - FIRST_SYMBOL) * self._places.to(tokens.device)).sum(-1)
+
+    def sample_queries(self, n: int, generator: torch.Generator) -> Tensor:
+        a, b = torch.randint(0, self.modulus, (2, n), generator=generator)
+        sep = torch.full((n, 1), SEP)
+        return torch.cat([self._digits(a), torch.full((n, 1), PLUS), self._digits(b), sep], 1)  # [n, 2D + 2]
+
+    def target(self, queries: Tensor) -> Tensor:
+        d = self.num_digits
+        a, b = self._number(queries[:, :d]), self._number(queries[:, d + 1 : 2 * d + 1])
+        return self._digits((a + b) % self.modulus)
