@@ -247,7 +247,8 @@ class SAPO(Objective):
             # The advantage's sign is per response: split per-response sums, not [N, T] masks.
             gate_sums, lengths = masked_gate.sum(-1), mask.sum(-1)  # [N] each
             for name, side in (("gate_pos", advantages > 0), ("gate_neg", advantages < 0)):
-                metrics[name] = gate_sums[side].sum() / lengths[side].sum()  # NaN for an empty side
+                # masked sums, not boolean indexing: no device-to-host sync on GPU
+                metrics[name] = (gate_sums * side).sum() / (lengths * side).sum()  # NaN for an empty side
             metrics["soft_clip_frac"] = ((gate < 0.5) & mask).sum().to(gate.dtype) / n_tokens
         if self.ratio_level == "sequence":
             metrics.update(sequence_ratio_metrics(ratio, mask))
