@@ -16,6 +16,7 @@ EPS = 1e-6
 class GroupAdvantages(NamedTuple):
     advantages: Tensor  # [N]
     zero_signal: Tensor  # [N // group_size] bool: the group's rewards are all equal
+    std: Tensor  # [N // group_size] the group's reward std (Bessel; NaN for a group of one)
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> Tensor:
@@ -30,16 +31,17 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group") -> 
 
 
 def group_advantages_with_stats(rewards: Tensor, group_size: int, scale: str = "group") -> GroupAdvantages:
-    """:func:`group_advantages` plus which groups carry no signal (all rewards equal)."""
+    """:func:`group_advantages` plus which groups carry no signal (all rewards equal) and each group's std."""
     check_group(group_size, scale)
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be [N] with N a multiple of group_size={group_size}; got {tuple(rewards.shape)}")
     grouped = rewards.view(-1, group_size)  # [B, G]
     zero_signal = (grouped == grouped[:, :1]).all(-1)  # [B]
     centered = torch.where(zero_signal.unsqueeze(-1), 0.0, grouped - grouped.mean(-1, keepdim=True))  # [B, G]
+    std = grouped.std(-1)  # [B]
     if scale == "group":
-        centered = centered / (grouped.std(-1, keepdim=True) + EPS)
-    return GroupAdvantages(centered.reshape(-1), zero_signal)
+        centered = centered / (std.unsqueeze(-1) + EPS)
+    return GroupAdvantages(centered.reshape(-1), zero_signal, std)
 
 
 def check_group(group_size: int, scale: str) -> None:

@@ -109,12 +109,8 @@ class RLModule(LightningModule):
         with torch.no_grad():
             rollout = self.old_policy.sample(queries, generator)  # [N, T] each
             rewards = self.task.reward(queries, rollout.responses, rollout.mask)  # [N]
-            advantages, zero_signal = group_advantages_with_stats(rewards, self.group_size, self.advantage_scale)
-            rollout_stats = [
-                rewards.mean(),
-                rewards.view(-1, self.group_size).std(-1).mean(),
-                zero_signal.float().mean(),
-            ]
+            advantages, zero_signal, group_std = group_advantages_with_stats(rewards, self.group_size, self.advantage_scale)
+            rollout_stats = [rewards.mean(), group_std.mean(), zero_signal.float().mean()]
 
         optimizer = self.optimizers()
         for _ in range(self.updates_per_rollout):

@@ -17,7 +17,7 @@ def test_group_normalised_by_hand():
 @pytest.mark.parametrize("value", [0.2, 0.6, 1.0, 0.0, 0.7])
 def test_all_equal_group_is_exactly_zero_in_float32(value):
     rewards = torch.tensor([value] * 8 + [0.0, 1.0] * 4, dtype=torch.float32)
-    advantages, zero_signal = group_advantages_with_stats(rewards, group_size=8)
+    advantages, zero_signal, _ = group_advantages_with_stats(rewards, group_size=8)
     assert torch.equal(advantages[:8], torch.zeros(8))
     assert zero_signal.tolist() == [True, False]
     assert advantages[8:].abs().min() > 0.9
@@ -42,3 +42,11 @@ def test_bad_group_size_is_refused():
         group_advantages(torch.ones(4), group_size=2, scale="batch")
     with pytest.raises(ValueError, match="multiple of group_size"):
         group_advantages(torch.ones(5), group_size=2)
+
+
+def test_group_std_is_the_bessel_std_the_advantages_divide_by():
+    rewards = torch.tensor([0.5] * 4 + [0.0, 1.0, 0.0, 1.0])
+    stats = group_advantages_with_stats(rewards, group_size=4)
+    # group 2: mean 0.5, squared deviations 4 x 0.25, Bessel: sqrt(1 / 3)
+    torch.testing.assert_close(stats.std, torch.tensor([0.0, (1 / 3) ** 0.5]))
+    torch.testing.assert_close(stats.advantages[4:], torch.tensor([-1.0, 1.0, -1.0, 1.0]) * 0.5 / ((1 / 3) ** 0.5 + 1e-6))
