@@ -3,7 +3,7 @@
 from sapo_lightning.advantages import group_advantages
 from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.data import QueryDataModule
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 from sapo_lightning.module import RLModule
 from sapo_lightning.objectives import CISPO, GRPO, GSPO, SAPO, Objective, ObjectiveOutput, aggregate
 from sapo_lightning.policies import MLPPolicy, Policy, Rollout, Scores

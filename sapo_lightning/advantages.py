@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 
 SCALES = ("group", "none")
 EPS = 1e-6

@@ -6,7 +6,7 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 
 
 class OldPolicySync(Callback):

@@ -14,7 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.checkpointing import RunCheckpoint
 from sapo_lightning.data import QueryDataModule
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 from sapo_lightning.module import RLModule
 
 #: What every run gets unless the config says otherwise: see :class:`RunCheckpoint`.

@@ -55,7 +55,7 @@ from typing import Any
 import yaml
 from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 
 #: Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30.
 T975 = (

@@ -14,7 +14,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from sapo_lightning.advantages import check_group, group_advantages_with_stats
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 from sapo_lightning.metrics import Diagnostics
 from sapo_lightning.objectives import Objective, masked_mean
 from sapo_lightning.policies import Policy

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 
 #: Log-ratios are clamped to this range before ``exp``: an overflowed ratio whose gate
 #: derivative is 0 would give inf * 0 = NaN in backward.

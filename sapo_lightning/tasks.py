@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 
 
 class Task:

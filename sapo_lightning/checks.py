@@ -1,0 +1,78 @@
+"""Checks of user input, in one message style: ``NAME must be REQUIREMENT; got VALUE``.
+
+Every constructor that takes a value from a config validates it here, so a bad value stops
+the command before anything is written, and the CLI prints the message as one line with
+exit status 2. ``NAME`` is the option as the user spells it (``tau_neg``, ``data.batch_size``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of its allowed range; the message names the option and the range."""
+
+
+def fail(name: str, requirement: str, value: Any) -> None:
+    """Raise the one-line error ``NAME must be REQUIREMENT; got VALUE``."""
+    raise ConfigError(f"{name} must be {requirement}; got {value!r}")
+
+
+def _range(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high}"
+    return ""
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None, allow_none: bool = False) -> Any:
+    """An integer (not a bool) in [low, high]; None passes when ``allow_none``."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        fail(name, " ".join(filter(None, ["an integer", _range(low, high, False, False), "or null" * allow_none])), value)
+    return value
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_none: bool = False,
+) -> Any:
+    """A finite real number in the range (open or closed at each end); returned as float."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        requirement = ["a finite number", _range(low, high, low_open, high_open), "or null" * allow_none]
+        fail(name, " ".join(filter(None, requirement)), value)
+    return float(value)
+
+
+def check_positive(name: str, value: Any, allow_none: bool = False) -> Any:
+    """A finite number > 0."""
+    return check_number(name, value, low=0, low_open=True, allow_none=allow_none)
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
+    """One of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        fail(name, f"one of {', '.join(map(str, choices))}", value)
+    return value
