@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from sapo_lightning.checks import ConfigError
+from sapo_lightning.checks import check_choice, fail
 
 SCALES = ("group", "none")
 EPS = 1e-6
@@ -46,10 +46,7 @@ def group_advantages_with_stats(rewards: Tensor, group_size: int, scale: str = "
 
 def check_group(group_size: int, scale: str) -> None:
     """Refuse a group size or scale the advantage cannot be computed with."""
-    if scale not in SCALES:
-        raise ConfigError(f"advantage_scale must be one of {', '.join(SCALES)}; got {scale!r}")
-    minimum = 2 if scale == "group" else 1
-    if not isinstance(group_size, int) or group_size < minimum:
-        raise ConfigError(
-            f"group_size must be an integer >= {minimum} with advantage_scale={scale!r}; got {group_size!r}"
-        )
+    check_choice("advantage_scale", scale, SCALES)
+    minimum = 2 if scale == "group" else 1  # a std needs two rewards
+    if not (isinstance(group_size, int) and not isinstance(group_size, bool) and group_size >= minimum):
+        fail("group_size", f"an integer >= {minimum} with advantage_scale={scale!r}", group_size)

@@ -20,13 +20,12 @@ diagnostics (``ratio_mean/min/max``, ``approx_kl``, all per token) compare like 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from sapo_lightning.checks import ConfigError
+from sapo_lightning.checks import check_choice, check_number, check_positive
 
 #: Log-ratios are clamped to this range before ``exp``: an overflowed ratio whose gate
 #: derivative is 0 would give inf * 0 = NaN in backward.
@@ -65,36 +64,12 @@ def aggregate(values: Tensor, mask: Tensor, mode: str) -> Tensor:
 
 
 def check_aggregation(mode: str) -> str:
-    if mode not in AGGREGATIONS:
-        raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {mode!r}")
-    return mode
-
-
-def check_positive(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name} must be a finite number > 0; got {value!r}")
-    return float(value)
+    return check_choice("aggregation", mode, AGGREGATIONS)
 
 
 def check_eps(name: str, value: float, below_one: bool = False) -> float:
     """A clip width: finite and >= 0; ``below_one`` keeps the lower bound 1 − ε above 0."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ConfigError(f"{name} must be a finite number >= 0; got {value!r}")
-    if below_one and value >= 1:
-        raise ConfigError(f"{name} must be in [0, 1) so that the lower clip bound 1 - {name} is > 0; got {value!r}")
-    return float(value)
-
-
-def check_dual_clip(value: float | None) -> float | None:
-    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 1):
-        raise ConfigError(f"dual_clip must be a finite number > 1 or null (off); got {value!r}")
-    return None if value is None else float(value)
-
-
-def check_ratio_level(level: str) -> str:
-    if level not in RATIO_LEVELS:
-        raise ConfigError(f"ratio_level must be one of {', '.join(RATIO_LEVELS)}; got {level!r}")
-    return level
+    return check_number(name, value, 0, 1 if below_one else None, high_open=True)
 
 
 def log_ratio(log_probs: Tensor, old_log_probs: Tensor) -> Tensor:
@@ -223,7 +198,7 @@ class SAPO(Objective):
         self.tau_pos = check_positive("tau_pos", tau_pos)
         self.tau_neg = check_positive("tau_neg", tau_neg)
         self.aggregation = check_aggregation(aggregation)
-        self.ratio_level = check_ratio_level(ratio_level)
+        self.ratio_level = check_choice("ratio_level", ratio_level, RATIO_LEVELS)
 
     def __call__(
         self, log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, mask: Tensor
@@ -304,7 +279,7 @@ class GRPO(Objective):
     ) -> None:
         self.eps_low = check_eps("eps_low", eps_low, below_one=True)
         self.eps_high = check_eps("eps_high", eps_high)
-        self.dual_clip = check_dual_clip(dual_clip)
+        self.dual_clip = check_number("dual_clip", dual_clip, 1, low_open=True, allow_none=True)
         self.aggregation = check_aggregation(aggregation)
 
     def __call__(

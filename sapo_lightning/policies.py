@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from sapo_lightning.checks import ConfigError
+from sapo_lightning.checks import check_int, fail
 from sapo_lightning.tasks import Task
 
 
@@ -71,7 +71,7 @@ def token_scores(logits: Tensor, tokens: Tensor) -> Scores:
 
 def check_token_queries(policy: str, task: Task) -> None:
     if task.query_dtype != torch.long:
-        raise ConfigError(f"{policy} needs token queries; task {type(task).__name__} gives state queries")
+        fail("model.policy", f"a policy for state queries with task {type(task).__name__}", policy)
 
 
 @torch.no_grad()
@@ -129,10 +129,9 @@ class MLPPolicy(Policy):
 
     def __init__(self, task: Task, hidden_dim: int = 32) -> None:
         super().__init__()
-        if not isinstance(hidden_dim, int) or hidden_dim < 1:
-            raise ConfigError(f"hidden_dim must be an integer >= 1; got {hidden_dim!r}")
+        check_int("hidden_dim", hidden_dim, 1)
         if task.query_dtype != torch.float32:
-            raise ConfigError(f"MLPPolicy needs state queries; task {type(task).__name__} gives token queries")
+            fail("model.policy", f"a policy for token queries with task {type(task).__name__}", "MLPPolicy")
         self.response_len = task.response_len
         self.vocab_size = task.vocab_size
         self.net = nn.Sequential(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from sapo_lightning.checks import ConfigError
+from sapo_lightning.checks import check_choice, check_int, check_number, fail
 
 
 class Task:
@@ -53,15 +51,13 @@ class FixedTarget(Task):
     """
 
     def __init__(self, target: list[int], vocab_size: int = 10, query_dim: int | None = None) -> None:
-        if not isinstance(vocab_size, int) or vocab_size < 2:
-            raise ConfigError(f"vocab_size must be an integer >= 2; got {vocab_size!r}")
+        check_int("vocab_size", vocab_size, 2)
         if not target:
-            raise ConfigError("target must hold at least one token id; got an empty list")
+            fail("target", "a list of at least one token id", target)
         bad = [t for t in target if not isinstance(t, int) or not 0 <= t < vocab_size]
         if bad:
-            raise ConfigError(f"target tokens must be integers in [0, vocab_size={vocab_size}); got {bad}")
-        if query_dim is not None and (not isinstance(query_dim, int) or query_dim < 1):
-            raise ConfigError(f"query_dim must be an integer >= 1; got {query_dim!r}")
+            fail("target", f"token ids, integers in [0, vocab_size={vocab_size})", bad)
+        check_int("query_dim", query_dim, 1, allow_none=True)
         self.target = list(target)
         self.vocab_size = vocab_size
         self.response_len = len(target)
@@ -90,13 +86,6 @@ SEP = 1  # ends a query ("="): the answer starts after it
 PLUS = 2  # separates the operands of ModularAddition ("+")
 FIRST_SYMBOL = 3  # symbol s (digit, letter...) is token FIRST_SYMBOL + s
 REWARDS = ("partial", "exact")
-
-
-def _check_int(name: str, value: int, low: int, high: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        allowed = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ConfigError(f"{name} must be an integer {allowed}; got {value!r}")
-    return value
 
 
 def _symbol_text(symbol: int) -> str:
@@ -128,15 +117,11 @@ class SequenceTask(Task):
         self, num_symbols: int, vocab_size: int | None, max_new_tokens: int | None, reward: str, length_penalty: float
     ) -> None:
         needed = FIRST_SYMBOL + num_symbols
-        self.vocab_size = needed if vocab_size is None else _check_int("vocab_size", vocab_size, needed)
+        self.vocab_size = needed if vocab_size is None else check_int("vocab_size", vocab_size, needed)
         min_len = self.target_len + 1
-        self.response_len = min_len if max_new_tokens is None else _check_int("max_new_tokens", max_new_tokens, min_len)
-        if reward not in REWARDS:
-            raise ConfigError(f"reward must be one of {', '.join(REWARDS)}; got {reward!r}")
-        if not (isinstance(length_penalty, (int, float)) and math.isfinite(length_penalty) and length_penalty >= 0):
-            raise ConfigError(f"length_penalty must be a finite number >= 0; got {length_penalty!r}")
-        self.reward_mode = reward
-        self.length_penalty = float(length_penalty)
+        self.response_len = min_len if max_new_tokens is None else check_int("max_new_tokens", max_new_tokens, min_len)
+        self.reward_mode = check_choice("reward", reward, REWARDS)
+        self.length_penalty = check_number("length_penalty", length_penalty, 0)
 
     def target(self, queries: Tensor) -> Tensor:
         """The correct answer ``[N, L]`` (without EOS) to each query ``[N, query_dim]``."""
@@ -180,8 +165,8 @@ class _SymbolTask(SequenceTask):
         reward: str = "partial",
         length_penalty: float = 0.0,
     ) -> None:
-        self.length = _check_int("length", length, 1)
-        self.num_symbols = _check_int("num_symbols", num_symbols, 2)
+        self.length = check_int("length", length, 1)
+        self.num_symbols = check_int("num_symbols", num_symbols, 2)
         self.target_len = length
         self.query_dim = length + 1
         super().__init__(num_symbols, vocab_size, max_new_tokens, reward, length_penalty)
@@ -246,8 +231,8 @@ class ModularAddition(SequenceTask):
         reward: str = "partial",
         length_penalty: float = 0.0,
     ) -> None:
-        self.num_digits = _check_int("num_digits", num_digits, 1, 9)
-        self.modulus = 10**num_digits if modulus is None else _check_int("modulus", modulus, 2, 10**num_digits)
+        self.num_digits = check_int("num_digits", num_digits, 1, 9)
+        self.modulus = 10**num_digits if modulus is None else check_int("modulus", modulus, 2, 10**num_digits)
         self.target_len = num_digits
         self.query_dim = 2 * num_digits + 2
         self._places = 10 ** torch.arange(num_digits - 1, -1, -1)  # [D]: 10^(D-1) .. 1

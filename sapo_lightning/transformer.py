@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sapo_lightning.checks import ConfigError
-from sapo_lightning.objectives import check_positive
+from sapo_lightning.checks import check_int, check_number, check_positive, fail
 from sapo_lightning.policies import Policy, Rollout, Scores, check_token_queries, decode, token_scores
 from sapo_lightning.tasks import Task
 
@@ -106,12 +105,10 @@ class TransformerPolicy(Policy):
         super().__init__()
         check_token_queries("TransformerPolicy", task)
         for name, value in (("n_layer", n_layer), ("n_head", n_head), ("d_model", d_model)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be an integer >= 1; got {value!r}")
+            check_int(name, value, 1)
         if d_model % n_head:
-            raise ConfigError(f"d_model must be a multiple of n_head={n_head}; got {d_model}")
-        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-            raise ConfigError(f"dropout must be a number in [0, 1); got {dropout!r}")
+            fail("d_model", f"a multiple of n_head={n_head}", d_model)
+        check_number("dropout", dropout, 0, 1, high_open=True)
         self.temperature = check_positive("temperature", temperature)
         self.use_kv_cache = use_kv_cache
         self.n_head = n_head

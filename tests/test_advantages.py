@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from sapo_lightning.advantages import group_advantages, group_advantages_with_stats
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 
 
 def test_group_normalised_by_hand():

@@ -8,7 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 import huggingface_hub.constants  # a dependency of transformers
 
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 from sapo_lightning.hf import HFCausalLMPolicy
 from sapo_lightning.hf import main as hf_main
 from sapo_lightning.tasks import ModularAddition, Reverse

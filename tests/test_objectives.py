@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 from sapo_lightning.objectives import SAPO, aggregate
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 from sapo_lightning.policies import MLPPolicy, sample_from_logits
 from sapo_lightning.tasks import FixedTarget
 

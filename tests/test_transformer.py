@@ -6,7 +6,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sapo_lightning.errors import ConfigError
+from sapo_lightning.checks import ConfigError
 from sapo_lightning.tasks import EOS, Copy, FixedTarget, Reverse
 from sapo_lightning.transformer import TransformerPolicy
 
@@ -90,7 +90,7 @@ def test_score_is_causal():
         (Copy(), {"n_layer": 0}, "n_layer"),
         (Copy(), {"temperature": 0.0}, "temperature"),
         (Copy(), {"dropout": 1.0}, "dropout"),
-        (FixedTarget([1, 2]), {}, "TransformerPolicy needs token queries"),
+        (FixedTarget([1, 2]), {}, "model.policy must be a policy for state queries"),
     ],
 )
 def test_bad_arguments(task, kwargs, option):
