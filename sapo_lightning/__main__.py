@@ -1,3 +1,3 @@
-from sapo_lightning.cli import main
+from sapo_lightning.commands import main
 
 main()

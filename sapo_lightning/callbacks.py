@@ -6,7 +6,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from sapo_lightning.checks import ConfigError
+from sapo_lightning.checks import check_int
+from sapo_lightning.schedule import crossed_multiple
 
 
 class OldPolicySync(Callback):
@@ -15,7 +16,8 @@ class OldPolicySync(Callback):
     Rollouts are sampled from ``old_policy``; between syncs the data grows stale, which is
     what the ratio r = π_θ / π_old and the objective's gate or clip act on. The sync runs at
     the end of the batch that reaches a multiple of N optimizer steps (with several updates
-    per rollout, the first batch end at or past it). Its state is checkpointed.
+    per rollout, the first batch end at or past it; see :func:`crossed_multiple`). It keeps no
+    state: ``global_step`` decides, so a resumed run syncs where the uninterrupted one did.
 
     Args:
         every_n_steps: Optimizer steps between syncs (seed: 10). 1 keeps rollouts on-policy
@@ -23,19 +25,8 @@ class OldPolicySync(Callback):
     """
 
     def __init__(self, every_n_steps: int = 10) -> None:
-        if not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ConfigError(f"every_n_steps must be an integer >= 1; got {every_n_steps!r}")
-        self.every_n_steps = every_n_steps
-        self.last_sync_step = 0
+        self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if step // self.every_n_steps > self.last_sync_step // self.every_n_steps:
+        if crossed_multiple(trainer.global_step, pl_module.updates_per_rollout, self.every_n_steps):
             pl_module.sync_old_policy()
-            self.last_sync_step = step
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"every_n_steps": self.every_n_steps, "last_sync_step": self.last_sync_step}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.last_sync_step = state_dict["last_sync_step"]

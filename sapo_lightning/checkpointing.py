@@ -19,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from sapo_lightning.checks import check_int
+from sapo_lightning.schedule import crossed_multiple
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -36,7 +40,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
-        if not _is_local_file_protocol(path):
+        if not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options; got {storage_options!r}")
@@ -67,71 +71,42 @@ def _fsync_directory(directory: Path) -> None:
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint for RL runs: periodic saves, a save at the end of every run, resume from any run.
+    """ModelCheckpoint on the RL loop's schedule: every N optimizer steps and at the end of every run.
 
-    The CLI adds it to every run (as ``checkpoint``) with ``filename="{step}"``,
-    ``save_last=True`` and ``every_n_train_steps=50``. With these defaults a run directory
-    ends with ``step=N.ckpt`` (its newest checkpoint) and ``last.ckpt`` (the same state).
-    On top of :class:`~lightning.pytorch.callbacks.ModelCheckpoint` (whose arguments it takes):
+    ModelCheckpoint decides what is saved and how (``step=S.ckpt`` and ``last.ckpt``, top-k,
+    the CheckpointIO); this subclass only decides when, through public hooks:
 
-    - ``every_n_train_steps`` saves at the first batch end at or past each multiple of N
-      optimizer steps, as :class:`~sapo_lightning.callbacks.OldPolicySync` syncs: a batch
-      makes ``updates_per_rollout`` steps, so ``global_step`` can jump over N itself.
-    - Every run saves when it ends: at the batch that reaches ``max_steps``, so the saved
-      loop state is "mid-epoch" and a resumed run continues exactly, or at ``on_train_end``.
-    - ``ckpt_path="last"`` takes the newest ``last*.ckpt`` of *every* run under the logger's
-      root (``<root>/lightning_logs/version_*/checkpoints``), since each run writes in its own
-      version directory.
-    - A resumed run does not adopt the file list of the run it resumed from: it writes new
-      names and removes only files it wrote itself, so the earlier run's files stay intact.
+    - every ``every_n_train_steps`` optimizer steps, at the first batch end at or past each
+      multiple (a batch makes ``updates_per_rollout`` steps, so ``global_step`` can jump over N);
+      the same rule as :class:`~sapo_lightning.callbacks.OldPolicySync`, :func:`crossed_multiple`;
+    - at the batch that reaches ``max_steps``, so the saved loop state is "mid-epoch" and a
+      resumed run continues exactly; and at the end of a run stopped otherwise.
+
+    A resumed run does not adopt the file list of the run it resumed from: it writes into its
+    own directory and removes only files it wrote itself, so the earlier run's files stay intact.
+
+    Args:
+        every_n_train_steps: Optimizer steps between saves; 0 or null saves only at the end of the run.
     """
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if pl_module.automatic_optimization:
-            return super().on_train_batch_end(trainer, pl_module, *args)
-        n, step = self._every_n_train_steps, trainer.global_step
-        periodic = n >= 1 and step // n > self._last_global_step_saved // n
-        if (periodic or _reached(step, trainer.max_steps)) and not self._should_skip_saving_checkpoint(trainer):
-            self._save_now(trainer)
+    def __init__(self, every_n_train_steps: int | None = 50, **kwargs: Any) -> None:
+        self.every_n_steps = check_int("every_n_train_steps", every_n_train_steps, 0, allow_none=True) or 0
+        super().__init__(every_n_train_steps=1, **kwargs)  # ModelCheckpoint saves whenever it is asked to
 
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        self._last_global_step_saved = trainer.global_step  # a resumed run starts counting where it resumed
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        periodic = self.every_n_steps > 0 and crossed_multiple(step, pl_module.updates_per_rollout, self.every_n_steps)
+        if periodic or step == trainer.max_steps:
+            super().on_train_batch_end(trainer, pl_module, *args)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_now(trainer)
-
-    def _save_now(self, trainer: Trainer) -> None:
-        candidates = self._monitor_candidates(trainer)
-        if self.monitor is not None and self.monitor not in candidates:
-            self._defer_save_until_validation = True  # as ModelCheckpoint: save once the metric exists
-            return
-        self._save_topk_checkpoint(trainer, candidates)
-        self._save_last_checkpoint(trainer, candidates)
+        super().on_train_batch_end(trainer, pl_module, None, None, 0)  # a no-op if the last batch saved
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Keep nothing from the resumed run: its paths are its own (see the class docstring)."""
-
-    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
-        found = super()._find_last_checkpoints(trainer)
-        if self._per_run_directories() and trainer.loggers:
-            logger = trainer.loggers[0]
-            root = Path(logger.save_dir or trainer.default_root_dir, str(logger.name))
-            last = re.compile(rf"^{re.escape(self.CHECKPOINT_NAME_LAST)}(-\d+)?{re.escape(self.FILE_EXTENSION)}$")
-            found |= {os.path.normpath(p) for p in root.glob("*/checkpoints/*") if last.match(p.name)}
-        return found
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._per_run_directories()  # remembered before setup fills in dirpath
-        super().setup(trainer, pl_module, stage)
-
-    def _per_run_directories(self) -> bool:
-        """True when Lightning picks the directory per run: no ``dirpath`` was given."""
-        if not hasattr(self, "_per_run"):
-            self._per_run = self.dirpath is None
-        return self._per_run
+        """Keep nothing from the resumed run: its paths are its own."""
 
 
-def _reached(step: int, max_steps: int) -> bool:
-    return max_steps >= 0 and step >= max_steps
+def find_last(root: str | os.PathLike) -> str | None:
+    """The newest ``last*.ckpt`` of any run under ``root`` (``<root>/version_*/checkpoints/``), or None."""
+    found = [p for p in Path(root).glob("*/checkpoints/last*.ckpt") if re.fullmatch(r"last(-v\d+)?\.ckpt", p.name)]
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None

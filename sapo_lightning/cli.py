@@ -1,20 +1,23 @@
-"""The ``sapo-lightning`` command: LightningCLI over :class:`RLModule` and :class:`QueryDataModule`."""
+"""``sapo-lightning fit|validate|test``: LightningCLI over :class:`RLModule` and :class:`QueryDataModule`."""
 
 from __future__ import annotations
 
 import logging
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from sapo_lightning.callbacks import OldPolicySync
-from sapo_lightning.checkpointing import RunCheckpoint
+from sapo_lightning.checkpointing import RunCheckpoint, find_last
+from sapo_lightning.checks import ConfigError, fail
 from sapo_lightning.data import QueryDataModule
-from sapo_lightning.checks import ConfigError
 from sapo_lightning.module import RLModule
 
 #: What every run gets unless the config says otherwise: see :class:`RunCheckpoint`.
@@ -31,52 +34,69 @@ class SAPOCLI(LightningCLI):
 
     Every run saves ``step=N.ckpt`` and ``last.ckpt`` in its own version directory, every
     ``checkpoint.every_n_train_steps`` steps and when it ends, through a writer that is
-    atomic under ``kill -9``; ``fit --ckpt_path last`` resumes from the newest complete one,
-    loading with ``weights_only=True``.
+    atomic under ``kill -9``; ``fit --ckpt_path last`` resumes from the newest ``last.ckpt`` of
+    any run under the same root, loading with ``weights_only=True``.
     """
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: args for name, args in LightningCLI.subcommands().items() if name != "predict"}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.task", "model.task", apply_on="instantiate")
         parser.add_lightning_class_args(OldPolicySync, "sync")
         parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
+        self.subcommand_parsers = getattr(self, "subcommand_parsers", []) + [parser]
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer = self._get(self.config_init, "trainer", default={})
-        if trainer.get("enable_checkpointing") is False:  # an explicit opt-out drops the default checkpoint
-            parser = self._parser(self.subcommand)
-            parser.callback_keys = [key for key in parser.callback_keys if key != "checkpoint"]
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        if config.trainer.enable_checkpointing is False:
+            for parser in self.subcommand_parsers:  # an explicit opt-out drops the default checkpoint
+                parser.callback_keys = [key for key in parser.callback_keys if key != "checkpoint"]
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
-        updates, max_steps = self.model.updates_per_rollout, self.trainer.max_steps
-        if max_steps > 0 and max_steps % updates:
-            raise ConfigError(
-                f"trainer.max_steps must be a multiple of model.updates_per_rollout={updates} "
-                f"(a rollout batch makes {updates} optimizer steps); got {max_steps}"
-            )
+        self.model.check_trainer(self.trainer)  # before the run writes anything
         config = self.config_init[self.subcommand]
         if config.get("weights_only") is None:
             config["weights_only"] = True  # a checkpoint holds tensors and plain types only
+        if config.get("ckpt_path") == "last":  # of any run under this root, not only the new run's own
+            logger = self.trainer.logger
+            root = Path(logger.save_dir, logger.name) if logger else Path(self.trainer.default_root_dir)
+            config["ckpt_path"] = find_last(root)
+            if config["ckpt_path"] is None:
+                rank_zero_warn(f"--ckpt_path last: no last.ckpt under {root}; starting a new run")
+
+
+def check_yaml_files(args: list[str]) -> None:
+    """Refuse a ``--config`` file that is not valid YAML, naming the file, line and column."""
+    paths = [b for a, b in zip(args, args[1:]) if a == "--config"] + [a[9:] for a in args if a.startswith("--config=")]
+    for path in paths:
+        if not Path(path).is_file():
+            continue  # jsonargparse reports a missing file
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            fail("--config", f"a valid YAML file ({path}{where}: {getattr(err, 'problem', None) or err})", path)
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``sapo-lightning`` and ``python -m sapo_lightning``.
+    """LightningCLI's ``fit``, ``validate`` and ``test`` (``sapo-lightning`` dispatches here).
 
     Bad input ends with one line on stderr naming the option and its allowed range, and
-    exit status 2, before any file is written. ``sapo-lightning compare ...`` runs a study
-    (:mod:`sapo_lightning.compare`) instead of LightningCLI.
+    exit status 2, before any file is written.
     """
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["compare"]:
-        from sapo_lightning.compare import main as compare
-
-        return compare(argv[1:])
     # "Seed set to N" would stand before an error line; the seed is in the run's config.yaml.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     # old_policy is kept in eval mode on purpose (it only samples); Lightning warns about any such module.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # RunCheckpoint saves the state after the batch's updates on purpose: the state global_step names.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     try:
+        check_yaml_files(sys.argv[1:] if args is None else list(args))
         SAPOCLI(
             RLModule,
             QueryDataModule,

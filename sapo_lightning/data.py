@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from sapo_lightning.checks import ConfigError
+from sapo_lightning.checks import check_int
 from sapo_lightning.tasks import Task
 
 _MASK = (1 << 63) - 1
@@ -25,7 +25,7 @@ def derive_seed(*keys: int) -> int:
     return x & _MASK
 
 
-QUERY_STREAM, ROLLOUT_STREAM, VALIDATION_STREAM = 0, 1, 2
+QUERY_STREAM, ROLLOUT_STREAM, VALIDATION_STREAM, TEST_STREAM = 0, 1, 2, 3
 
 
 class QueryStream(IterableDataset):
@@ -52,43 +52,58 @@ class QueryStream(IterableDataset):
 
 
 class QueryDataModule(LightningDataModule):
-    """Random queries for training and a fixed validation set.
+    """Random queries for training, a fixed validation set and a held-out test set.
 
     Each training step draws ``batch_size`` fresh queries per rank; each query then gets
-    ``model.group_size`` sampled responses. Validation decodes greedily on ``val_size``
-    queries drawn once from the seed (the same set on every rank, sharded by Lightning).
+    ``model.group_size`` sampled responses. Validation (and ``test``) decode greedily on
+    ``val_size`` queries drawn once from the seed (the same set on every rank, sharded by
+    Lightning); the test queries come from a stream of their own.
+
+    The position in the training stream is this module's checkpointed state, so a resumed
+    run continues with the batch after the last one it trained on.
 
     Args:
         task: What to learn: queries and rewards (class_path + init_args).
         batch_size: Queries per optimizer step and rank (seed: 8).
-        val_size: Number of fixed validation queries.
-        seed: Seed of the query and rollout streams; None takes the run's ``seed_everything``.
+        val_size: Number of fixed validation queries, and of test queries.
+        seed: Seed of the query and rollout streams; None takes torch's initial seed, which
+            ``seed_everything`` set.
     """
 
     def __init__(self, task: Task, batch_size: int = 8, val_size: int = 64, seed: int | None = None) -> None:
         super().__init__()
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be an integer >= 1; got {batch_size!r}")
-        if not isinstance(val_size, int) or val_size < 1:
-            raise ConfigError(f"val_size must be an integer >= 1; got {val_size!r}")
         self.task = task
-        self.batch_size = batch_size
-        self.val_size = val_size
-        self._seed = seed
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.val_size = check_int("val_size", val_size, 1)
+        self.seed = check_int("seed", seed, 0, allow_none=True)
+        self.next_batch = 0  # index of the next training batch
 
-    @property
-    def seed(self) -> int:
-        return self._seed if self._seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+    def setup(self, stage: str) -> None:
+        if self.seed is None:
+            self.seed = torch.initial_seed()
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank = trainer.global_rank if trainer else 0
-        # A resumed run continues the stream where the interrupted one stopped.
-        start = getattr(trainer.lightning_module, "rollouts_done", 0) if trainer else 0
-        stream = QueryStream(self.task, self.batch_size, self.seed, rank, start)
-        return DataLoader(stream, batch_size=None)
+        rank = self.trainer.global_rank if self.trainer else 0
+        return DataLoader(QueryStream(self.task, self.batch_size, self.seed, rank, self.next_batch), batch_size=None)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and self.trainer.training:
+            self.next_batch = batch["index"] + 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_batch": self.next_batch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.next_batch = state_dict["next_batch"]
 
     def val_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, VALIDATION_STREAM))
+        return self._fixed_queries(VALIDATION_STREAM)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._fixed_queries(TEST_STREAM)
+
+    def _fixed_queries(self, stream: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(derive_seed(self.seed, stream))
         queries = self.task.sample_queries(self.val_size, generator)
         return DataLoader(TensorDataset(queries), batch_size=self.val_size)

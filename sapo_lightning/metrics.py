@@ -8,29 +8,58 @@ from torchmetrics import Metric
 
 
 class Diagnostics(Metric):
-    """Running mean, min and max of K named scalars, synchronised across ranks.
+    """Running mean, min and max of named scalars, synchronised across ranks.
 
-    One ``update`` takes all K values stacked in one tensor, ``[K]`` for one step or
-    ``[S, K]`` for S steps at once, so a caller can batch many steps into one metric call
-    (the call itself costs more than a small training step's diagnostics). ``compute``
-    reports each name by its suffix: ``*_min`` the minimum, ``*_max`` the maximum, any other
-    the mean over all steps. Non-finite values (a mean over an empty selection) are skipped;
-    a name with no finite value is left out of the result.
+    ``record({name: scalar})`` adds one update's values; the names are fixed by the first call.
+    Records are queued and handed to ``update`` in one ``[S, K]`` tensor every ``flush_every``
+    updates and at ``pop``, because a metric call per small training step costs more than the
+    step's diagnostics. ``pop`` returns the aggregate since the last ``pop`` and starts anew:
+    names ending in ``_min`` give the minimum, ``_max`` the maximum, any other the mean.
+    Non-finite values (a mean over an empty selection) are skipped; a name with no finite
+    value is left out of the result.
+
+    Args:
+        flush_every: Updates queued before one batched metric update.
     """
 
     full_state_update = False
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, flush_every: int = 64) -> None:
         super().__init__()
-        self.names = list(names)
-        k = len(self.names)
-        self.add_state("total", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("low", torch.full((k,), float("inf"), dtype=torch.float64), dist_reduce_fx="min")
-        self.add_state("high", torch.full((k,), float("-inf"), dtype=torch.float64), dist_reduce_fx="max")
-        self._reduce = torch.tensor([2 if n.endswith("_max") else 1 if n.endswith("_min") else 0 for n in names])
+        self.flush_every = flush_every
+        self.names: list[str] = []
+        self.queue: list[Tensor] = []  # scalars of the queued updates, in ``names`` order
 
-    def update(self, values: Tensor) -> None:  # values: [K] or [S, K]
+    def record(self, values: dict[str, Tensor]) -> None:
+        if not self.names:
+            self._add_states(list(values), next(iter(values.values())).device)
+        self.queue += [values[name] for name in self.names]
+        if len(self.queue) >= self.flush_every * len(self.names):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.queue:
+            self.update(torch.stack(self.queue))
+            self.queue.clear()
+
+    def pop(self) -> dict[str, Tensor]:
+        """The aggregate of every update since the last ``pop`` (synchronised across ranks), then reset."""
+        self.flush()
+        values = self.compute()
+        self.reset()
+        return values
+
+    def _add_states(self, names: list[str], device: torch.device) -> None:
+        self.names = names
+        k = len(names)
+        zeros = torch.zeros(k, dtype=torch.float64, device=device)
+        self.add_state("total", zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("count", zeros.clone(), dist_reduce_fx="sum")
+        self.add_state("low", torch.full_like(zeros, float("inf")), dist_reduce_fx="min")
+        self.add_state("high", torch.full_like(zeros, float("-inf")), dist_reduce_fx="max")
+        self.reduce_kind = torch.tensor([2 if n.endswith("_max") else 1 if n.endswith("_min") else 0 for n in names])
+
+    def update(self, values: Tensor) -> None:  # values: [S * K] or [S, K]
         values = values.to(torch.float64).view(-1, len(self.names))  # [S, K]
         finite = torch.isfinite(values)
         self.total += torch.where(finite, values, 0.0).sum(0)
@@ -39,7 +68,7 @@ class Diagnostics(Metric):
         self.high = torch.maximum(self.high, torch.where(finite, values, float("-inf")).amax(0))
 
     def compute(self) -> dict[str, Tensor]:
-        reduce = self._reduce.to(self.total.device)
-        value = torch.where(reduce == 2, self.high, torch.where(reduce == 1, self.low, self.total / self.count))
+        kind = self.reduce_kind.to(self.total.device)
+        value = torch.where(kind == 2, self.high, torch.where(kind == 1, self.low, self.total / self.count))
         keep = (self.count > 0).tolist()
         return {name: v for name, v, k in zip(self.names, value.float(), keep) if k}

@@ -8,22 +8,17 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from sapo_lightning.advantages import check_group, group_advantages_with_stats
-from sapo_lightning.checks import ConfigError
+from sapo_lightning.checks import ConfigError, check_int, check_positive, fail
 from sapo_lightning.metrics import Diagnostics
 from sapo_lightning.objectives import Objective, masked_mean
 from sapo_lightning.policies import Policy
 from sapo_lightning.tasks import Task
-
-#: Diagnostics the module itself records, before the objective's own.
-MODULE_METRICS = ("reward", "reward_std", "zero_adv_frac", "loss", "entropy", "grad_norm")
-#: Updates whose diagnostics are queued before a metric update, if no log step comes first.
-PENDING_STEPS = 64
 
 
 class RLModule(LightningModule):
@@ -62,32 +57,35 @@ class RLModule(LightningModule):
     ) -> None:
         super().__init__()
         check_group(group_size, advantage_scale)
-        if not isinstance(updates_per_rollout, int) or updates_per_rollout < 1:
-            raise ConfigError(f"updates_per_rollout must be an integer >= 1; got {updates_per_rollout!r}")
-        if max_grad_norm is not None and not max_grad_norm > 0:
-            raise ConfigError(f"max_grad_norm must be > 0 or null; got {max_grad_norm!r}")
         self.save_hyperparameters(ignore=["task"])
         self.automatic_optimization = False
         self.task = task
         self.objective = objective
         self.group_size = group_size
-        self.updates_per_rollout = updates_per_rollout
+        self.updates_per_rollout = check_int("updates_per_rollout", updates_per_rollout, 1)
         self.advantage_scale = advantage_scale
-        self.max_grad_norm = max_grad_norm
-        self.policy = policy(task)
-        self.old_policy = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        self.max_grad_norm = check_positive("max_grad_norm", max_grad_norm, allow_none=True)
         self.optimizer_factory = optimizer
         _check_optimizer(optimizer)
-        self.train_diagnostics: Diagnostics | None = None  # built at the first update
-        self._pending: list[Tensor] = []  # diagnostics of the updates since the last flush, flat
-        self.val_reward = MeanMetric()
-        self.val_exact_match = MeanMetric()
+        self.policy = policy(task)
+        self.old_policy = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        self.train_diagnostics = Diagnostics()
+        self.eval_metrics = nn.ModuleDict(
+            {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in ("reward", "exact_match")}
+        )
+        self.grad_norm = torch.tensor(math.nan)  # of the last update, set in on_before_optimizer_step
 
-    # -- state ---------------------------------------------------------------------------
-    @property
-    def rollouts_done(self) -> int:
-        """Rollout batches consumed so far; the data stream resumes from here."""
-        return self.global_step // self.updates_per_rollout
+    # -- the loop's invariants and state ---------------------------------------------------
+    def check_trainer(self, trainer: Trainer) -> None:
+        """Refuse a Trainer this loop cannot run with (called by ``setup``; the CLI calls it before writing)."""
+        max_steps, updates = trainer.max_steps, self.updates_per_rollout
+        if max_steps > 0 and max_steps % updates:
+            fail("trainer.max_steps", f"a multiple of model.updates_per_rollout={updates} "
+                 f"(a rollout batch makes {updates} optimizer steps)", max_steps)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.check_trainer(self.trainer)
 
     @torch.no_grad()
     def sync_old_policy(self) -> None:
@@ -107,72 +105,68 @@ class RLModule(LightningModule):
         queries = batch["queries"].repeat_interleave(self.group_size, 0)  # [N, ...], N = B * G
         generator = torch.Generator(device=queries.device).manual_seed(batch["seed"])
         with torch.no_grad():
-            rollout = self.old_policy.sample(queries, generator)  # [N, T] each
+            rollout = self.old_policy.sample(queries, generator)  # [N, T] each, log-probs of π_old
             rewards = self.task.reward(queries, rollout.responses, rollout.mask)  # [N]
-            advantages, zero_signal, group_std = group_advantages_with_stats(rewards, self.group_size, self.advantage_scale)
-            rollout_stats = [rewards.mean(), group_std.mean(), zero_signal.float().mean()]
+            groups = group_advantages_with_stats(rewards, self.group_size, self.advantage_scale)
+            rollout_stats = {
+                "reward": rewards.mean(),
+                "reward_std": groups.std.mean(),
+                "zero_adv_frac": groups.zero_signal.float().mean(),
+            }
 
         optimizer = self.optimizers()
-        for _ in range(self.updates_per_rollout):
+        for _ in range(self.updates_per_rollout):  # the first update is on-policy, the later ones stale
             scores = self.policy.score(queries, rollout.responses)  # [N, T] each
-            out = self.objective(scores.log_probs, rollout.log_probs, advantages, rollout.mask)
+            out = self.objective(scores.log_probs, rollout.log_probs, groups.advantages, rollout.mask)
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(out.loss)
-            grad_norm = self._clip_gradients(optimizer)
-            optimizer.step()
-            with torch.no_grad():
-                entropy = masked_mean(scores.entropy, rollout.mask)
-                self._record(rollout_stats + [out.loss.detach(), entropy, grad_norm], out.metrics)
+            optimizer.step()  # runs on_before_optimizer_step: gradient norm and clipping
+            self.train_diagnostics.record({
+                **rollout_stats,
+                "loss": out.loss.detach(),
+                "entropy": masked_mean(scores.entropy.detach(), rollout.mask),
+                "grad_norm": self.grad_norm,
+                **out.metrics,
+            })
+        self.log_diagnostics()
 
-        if self.trainer._logger_connector.should_update_logs:  # same cadence as Lightning's
-            self._log_train()
-
-    def _clip_gradients(self, optimizer: Any) -> Tensor:
-        """Gradient norm before clipping; clips through Lightning when ``max_grad_norm`` is set."""
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Called inside optimizer.step(), after any AMP unscale: norm and clip see the true gradients.
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-        # ||g|| = ||(||g_1||, ..., ||g_P||)||: one foreach kernel, not get_total_norm's per-call grouping.
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self.grad_norm = torch.nn.utils.get_total_norm(grads).detach()
         if self.max_grad_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
-        return norm
 
-    def _record(self, module_values: list[Tensor], objective_metrics: dict[str, Tensor]) -> None:
-        """Queue one update's diagnostics; :meth:`_flush` hands them to the metric in one call."""
-        if self.train_diagnostics is None:
-            names = list(MODULE_METRICS) + list(objective_metrics)
-            self.train_diagnostics = Diagnostics(names).to(self.device)
-        self._pending += module_values
-        self._pending += objective_metrics.values()
-        if len(self._pending) >= PENDING_STEPS * len(self.train_diagnostics.names):
-            self._flush()
+    def log_diagnostics(self) -> None:
+        """Every ``trainer.log_every_n_steps`` rollout batches: the diagnostics' mean/min/max since the last log."""
+        batches = self.global_step // self.updates_per_rollout  # rollout batches done, this one included
+        every = self.trainer.log_every_n_steps
+        if not every or batches % every:
+            return
+        values = self.train_diagnostics.pop()  # synchronised across ranks
+        self.log("train/reward", values["reward"], prog_bar=True, logger=False)  # bar and monitors
+        # Straight to the loggers: self.log would keep every key in the epoch's ResultCollection,
+        # walked again on every batch. The step is the batch counter, as for self.log.
+        metrics = {f"train/{name}": value.item() for name, value in values.items()} | {"epoch": self.current_epoch}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=batches - 1)
 
-    def _flush(self) -> None:
-        """One batched metric update for every queued step (a metric call per step costs more
-        than all the diagnostics of a seed-size step)."""
-        if self._pending:
-            self.train_diagnostics.update(torch.stack(self._pending))  # [S * K] -> [S, K] in update
-            self._pending.clear()
-
-    def _log_train(self) -> None:
-        self._flush()
-        values = self.train_diagnostics.compute()  # synchronised across ranks
-        self.train_diagnostics.reset()
-        metrics = {f"train/{k}": v for k, v in values.items()}
-        # What self.log_dict(metrics, on_step=True) writes (same loggers, step, logged_metrics and
-        # callback_metrics) without its ResultCollection, which costs a copy of every key's state
-        # per call and a pass over every registered key per batch: a fifth of a seed-size step.
-        self.trainer._logger_connector.log_metrics(metrics)
-        self.trainer.callback_metrics.update(metrics)
-        self.log("reward", values["reward"], prog_bar=True, logger=False)
-
-    # -- validation ----------------------------------------------------------------------
+    # -- evaluation ----------------------------------------------------------------------
     def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: list[Tensor], stage: str) -> None:
+        """Greedy decoding: mean reward and share of exactly right responses, over the whole set."""
         (queries,) = batch
         rollout = self.policy.sample(queries, greedy=True)
-        self.val_reward.update(self.task.reward(queries, rollout.responses, rollout.mask))
-        self.val_exact_match.update(self.task.exact_match(queries, rollout.responses, rollout.mask).float())
-        self.log("val/reward", self.val_reward, on_epoch=True, prog_bar=True)
-        self.log("val/exact_match", self.val_exact_match, on_epoch=True, prog_bar=True)
+        reward, exact = self.eval_metrics[f"{stage}_reward"], self.eval_metrics[f"{stage}_exact_match"]
+        reward.update(self.task.reward(queries, rollout.responses, rollout.mask))
+        exact.update(self.task.exact_match(queries, rollout.responses, rollout.mask).float())
+        self.log(f"{stage}/reward", reward, on_epoch=True, prog_bar=True)
+        self.log(f"{stage}/exact_match", exact, on_epoch=True, prog_bar=True)
 
 
 def _check_optimizer(optimizer: OptimizerCallable) -> None:
@@ -181,8 +175,7 @@ def _check_optimizer(optimizer: OptimizerCallable) -> None:
         probe = optimizer([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError) as err:
         hint = " (lr must be a finite number > 0)" if "learning rate" in str(err) else ""
-        raise ConfigError(f"model.optimizer: {err}{hint}") from None
+        raise ConfigError(f"optimizer: {err}{hint}") from None
     for group in probe.param_groups:
-        lr = group.get("lr")
-        if lr is not None and not (math.isfinite(float(lr)) and float(lr) > 0):
-            raise ConfigError(f"lr must be a finite number > 0; got {lr!r}")
+        if group.get("lr") is not None:
+            check_positive("lr", float(group["lr"]))

@@ -10,58 +10,62 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.metrics import Diagnostics
-from sapo_lightning.module import MODULE_METRICS, PENDING_STEPS, RLModule
+from sapo_lightning.module import RLModule
 from sapo_lightning.objectives import SAPO, ObjectiveOutput
 from sapo_lightning.policies import MLPPolicy
 from sapo_lightning.tasks import FixedTarget
 
 NAN = float("nan")
+MODULE_METRICS = ("reward", "reward_std", "zero_adv_frac", "loss", "entropy", "grad_norm")
 
 
-def test_batched_update_is_mean_min_max_over_steps_skipping_nan():
-    metric = Diagnostics(["loss", "ratio_min", "ratio_max"])
-    metric.update(torch.tensor([[1.0, 0.5, 1.5], [NAN, 0.25, 3.0], [4.0, 0.75, 2.0]]))  # [S=3, K=3]
-    out = metric.compute()
-    assert out["loss"].item() == pytest.approx((1.0 + 4.0) / 2)  # the NaN step is skipped
+def record_rows(metric: Diagnostics, names: list[str], rows: torch.Tensor) -> None:
+    for row in rows:
+        metric.record(dict(zip(names, row)))
+
+
+def test_pop_is_mean_min_max_over_updates_skipping_nan():
+    metric = Diagnostics()
+    record_rows(metric, ["loss", "ratio_min", "ratio_max"], torch.tensor([[1.0, 0.5, 1.5], [NAN, 0.25, 3.0], [4.0, 0.75, 2.0]]))
+    out = metric.pop()
+    assert out["loss"].item() == pytest.approx((1.0 + 4.0) / 2)  # the NaN update is skipped
     assert out["ratio_min"].item() == 0.25
     assert out["ratio_max"].item() == 3.0
 
 
-def test_one_batched_update_equals_one_update_per_step():
-    values = torch.randn(7, 4)
+def test_values_are_matched_by_name_not_by_position():
+    metric = Diagnostics()
+    metric.record({"loss": torch.tensor(1.0), "ratio_max": torch.tensor(5.0)})
+    metric.record({"ratio_max": torch.tensor(7.0), "loss": torch.tensor(3.0)})  # other order
+    assert {k: v.item() for k, v in metric.pop().items()} == {"loss": 2.0, "ratio_max": 7.0}
+
+
+def test_pop_starts_a_new_window():
+    metric = Diagnostics()
+    metric.record({"loss": torch.tensor(1.0)})
+    metric.pop()
+    metric.record({"loss": torch.tensor(5.0)})
+    assert metric.pop()["loss"].item() == 5.0
+
+
+@pytest.mark.parametrize("flush_every", [1, 3, 64])
+def test_queued_records_equal_one_update_per_record(flush_every):
+    values = torch.randn(200, 4)
     values[2, 1] = NAN
     names = ["a", "b_min", "c_max", "d"]
-    batched, stepwise = Diagnostics(names), Diagnostics(names)
-    batched.update(values.flatten())  # [S * K], as the module flushes its queue
-    for row in values:
-        stepwise.update(row)
-    for name, value in stepwise.compute().items():
-        assert batched.compute()[name].item() == pytest.approx(value.item(), abs=1e-6)
+    metric = Diagnostics(flush_every=flush_every)
+    record_rows(metric, names, values)
+    out = metric.pop()
+    assert out["a"].item() == pytest.approx(values[:, 0].mean().item(), abs=1e-6)
+    assert out["b_min"].item() == values[:, 1].nan_to_num(float("inf")).min().item()
+    assert out["c_max"].item() == values[:, 2].max().item()
+    assert out["d"].item() == pytest.approx(values[:, 3].mean().item(), abs=1e-6)
 
 
 def test_a_name_without_any_finite_value_is_left_out():
-    metric = Diagnostics(["gate_pos", "loss"])
-    metric.update(torch.tensor([[NAN, 1.0], [NAN, 3.0]]))
-    assert set(metric.compute()) == {"loss"}
-
-
-def module() -> RLModule:
-    task = FixedTarget([2, 5, 7, 3, 1], vocab_size=10)
-    return RLModule(lambda t: MLPPolicy(t, 8), SAPO(), task, group_size=4)
-
-
-def test_queued_diagnostics_are_bounded_without_log_steps_and_none_is_lost():
-    rl = module()
-    k = len(MODULE_METRICS) + 1
-    for step in range(3 * PENDING_STEPS + 5):
-        values = [torch.tensor(float(step))] * len(MODULE_METRICS)
-        rl._record(values, {"gate_mean": torch.tensor(float(step))})
-        assert len(rl._pending) < PENDING_STEPS * k  # flushed into the metric, not kept growing
-    rl._flush()
-    out = rl.train_diagnostics.compute()
-    n = 3 * PENDING_STEPS + 5
-    assert out["reward"].item() == pytest.approx((n - 1) / 2)  # mean of 0..n-1: every step counted once
-    assert rl.train_diagnostics.count.tolist() == [n] * k
+    metric = Diagnostics()
+    record_rows(metric, ["gate_pos", "loss"], torch.tensor([[NAN, 1.0], [NAN, 3.0]]))
+    assert set(metric.pop()) == {"loss"}
 
 
 class Recording(SAPO):
@@ -101,9 +105,9 @@ def test_logged_values_are_the_mean_min_max_of_the_updates_since_the_last_log_po
         assert logged["train/loss"][i][1] == pytest.approx(sum(c.loss.item() for c in window) / 6, rel=1e-6)
     for name in MODULE_METRICS:
         assert f"train/{name}" in logged
-        assert math.isfinite(trainer.logged_metrics[f"train/{name}"].item())
-        assert f"train/{name}" in trainer.callback_metrics  # callbacks (checkpoint monitors) still see them
-    assert "reward" in trainer.progress_bar_metrics
+        assert all(math.isfinite(value) for _, value in logged[f"train/{name}"])
+    assert "train/reward" in trainer.callback_metrics  # callbacks (checkpoint monitors) see it
+    assert "train/reward" in trainer.progress_bar_metrics
 
 
 def reference_gate_metrics(sig, advantages, mask):

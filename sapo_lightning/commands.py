@@ -1,0 +1,36 @@
+"""The ``sapo-lightning`` command: one entry point for every subcommand."""
+
+from __future__ import annotations
+
+import sys
+
+#: subcommand -> what it does, as ``sapo-lightning --help`` lists it
+SUBCOMMANDS = {
+    "fit": "train a policy from a config (LightningCLI)",
+    "validate": "evaluate a checkpoint on the validation queries",
+    "test": "evaluate a checkpoint on held-out test queries",
+    "compare": "run objectives x seeds x tasks from a study YAML and summarise them",
+}
+USAGE = "usage: sapo-lightning {" + ",".join(SUBCOMMANDS) + "} ..."
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``sapo-lightning`` and ``python -m sapo_lightning``."""
+    argv = sys.argv[1:] if args is None else list(args)
+    command = argv[0] if argv else None
+    if command in ("-h", "--help"):
+        width = max(map(len, SUBCOMMANDS))
+        lines = [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
+        print("\n".join([USAGE, "", "subcommands:", *lines, "", "sapo-lightning SUBCOMMAND --help shows its options."]))
+        return
+    if command not in SUBCOMMANDS:
+        print(f"sapo-lightning: error: the subcommand must be one of {', '.join(SUBCOMMANDS)}; got {command!r} "
+              "(sapo-lightning --help lists them)", file=sys.stderr)
+        raise SystemExit(2)
+    if command == "compare":
+        from sapo_lightning.compare import main as compare
+
+        return compare(argv[1:])
+    from sapo_lightning.cli import main as lightning_cli
+
+    return lightning_cli(args)
