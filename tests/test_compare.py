@@ -1,15 +1,19 @@
-"""``sapo-lightning compare``: the statistics on hand-made series, and a tiny grid end to end."""
+"""``sapo-lightning compare``: the statistics on hand-made series, the cells' composition, and a tiny grid end to end."""
 
 import csv
 import math
+import shlex
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from sapo_lightning.cli import main
-from sapo_lightning.compare import mean_ci, read_scalars, summarise_run, t_quantile, trailing_mean
+from sapo_lightning.cli import main as cli_main
+from sapo_lightning.compare import main
+from sapo_lightning.compare.runner import check_cell, read_scalars
+from sapo_lightning.compare.stats import mean_ci, seed_band, summarise_run, t_quantile, trailing_mean
+from sapo_lightning.compare.study import check_study, compose_cells, resolve_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,17 +75,80 @@ def test_a_run_that_never_reaches_the_threshold():
     assert run.final == 0.15 and run.best == 0.2
 
 
+def test_the_band_is_the_ci_clipped_to_the_seeds_range():
+    # step 1: rewards [1, 1, 0.7]: mean 0.9, sd 0.1732, se 0.1, half 4.303 * 0.1 -> [0.4697, 1.3303] unclipped
+    # step 2: entropies-like [0, 0, 0.3]: mean 0.1, half 0.4303 -> [-0.3303, 0.5303] unclipped
+    # step 3: [0.2, 0.4, 0.6]: mean 0.4, half 4.303 * 0.11547 = 0.4969 -> clipped to [0.2, 0.6]
+    curves = [([1, 2, 3, 4], [1.0, 0.0, 0.2, 9.0]), ([1, 2, 3], [1.0, 0.0, 0.4]), ([0, 1, 2, 3], [5.0, 0.7, 0.3, 0.6])]
+    steps, mean, low, high = seed_band(curves)
+    assert steps == [1, 2, 3]  # only the steps every seed logged
+    assert mean == pytest.approx([0.9, 0.1, 0.4])
+    assert low == pytest.approx([0.7, 0.0, 0.2]) and high == pytest.approx([1.0, 0.3, 0.6])
+
+
+def test_a_narrow_band_is_the_ci_itself_and_one_seed_is_the_line():
+    values = [0.50, 0.51, 0.49, 0.50, 0.50]  # half 2.776 * sd / sqrt(5) = 0.00878 < 0.01 to either extreme
+    mean, half = mean_ci(values)
+    _, _, low, high = seed_band([([1], [v]) for v in values])
+    assert low == [pytest.approx(mean - half)] and high == [pytest.approx(mean + half)]
+    assert seed_band([([1, 2], [0.3, 0.4])]) == ([1, 2], [0.3, 0.4], [0.3, 0.4], [0.3, 0.4])
+    assert seed_band([]) == ([], [], [], [])
+
+
+# -- composing cells -------------------------------------------------------------------------
+def composed_objective(tmp_path: Path, capsys, objective: dict) -> dict:
+    """The ``model.objective`` LightningCLI composes for a cell on a SAPO base with non-default init_args."""
+    base = yaml.safe_load((ROOT / "configs" / "sapo.yaml").read_text())
+    base["model"]["objective"]["init_args"] = {"tau_pos": 2.0, "tau_neg": 3.0, "aggregation": "token-mean"}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    tasks = {"t": {"config": str(tmp_path / "base.yaml")}}
+    (cell,) = compose_cells(tasks, {"o": resolve_objective("o", objective)}, [3], {}, tmp_path / "study")
+    cell.write_overlay()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([*cell.args, "--print_config"])
+    assert not exit_.value.code
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["seed_everything"] == 3
+    return config["model"]["objective"]
+
+
+def test_a_cell_runs_exactly_the_study_objective_with_the_class_defaults(tmp_path, capsys):
+    grpo = composed_objective(tmp_path, capsys, {"class_path": "sapo_lightning.objectives.GRPO"})
+    assert grpo["class_path"].endswith(".GRPO")  # neither tau_pos nor the base's token-mean carried over
+    assert grpo["init_args"] == {"eps_low": 0.2, "eps_high": 0.2, "dual_clip": None,
+                                 "aggregation": "seq-mean-token-mean"}
+    sapo = composed_objective(tmp_path, capsys, {"class_path": "SAPO", "init_args": {"tau_neg": 1.0}})
+    assert sapo["class_path"].endswith(".SAPO")
+    assert sapo["init_args"] == {"tau_pos": 1.0, "tau_neg": 1.0, "aggregation": "seq-mean-token-mean",
+                                 "ratio_level": "token"}
+
+
+@pytest.mark.parametrize("name", ["staleness", "temperature"])
+def test_the_shipped_studies_compose_into_fit_configs(name, monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)  # their task configs are paths from the repository root
+    spec = yaml.safe_load((ROOT / "configs" / "studies" / f"{name}.yaml").read_text())
+    check_study(spec["name"], spec["tasks"], spec["objectives"], spec["seeds"], spec["overrides"], spec["threshold"],
+                spec["margin"], spec["window"], spec["workers"])
+    objectives = {o: resolve_objective(o, s) for o, s in spec["objectives"].items()}
+    cells = compose_cells(spec["tasks"], objectives, spec["seeds"], spec["overrides"], tmp_path / name)
+    assert len(cells) == len(spec["tasks"]) * len(objectives) * len(spec["seeds"])
+    for task in spec["tasks"]:
+        check_cell(next(cell for cell in cells if cell.task == task))
+    assert not (tmp_path / name).exists()
+
+
 # -- the command -----------------------------------------------------------------------------
 STUDY = {
     "name": "tiny",
-    "tasks": {"seed": {"config": str(ROOT / "configs" / "sapo.yaml")}},
+    "tasks": {"seed": {"config": str(ROOT / "configs" / "sapo.yaml"), "overrides": {"trainer.max_steps": 12}}},
     "objectives": {
         "sapo": {"class_path": "sapo_lightning.objectives.SAPO"},
         "sapo-sym": {"class_path": "sapo_lightning.objectives.SAPO", "init_args": {"tau_neg": 1.0}},
     },
     "seeds": [0, 1],
     "overrides": {
-        "trainer.max_steps": 12, "trainer.log_every_n_steps": 3, "trainer.val_check_interval": 6,
+        "trainer.max_steps": 6, "trainer.log_every_n_steps": 3, "trainer.val_check_interval": 6,
         "model.optimizer.init_args.lr": 0.02,
     },
     "threshold": 0.2,
@@ -99,10 +166,11 @@ def study(tmp_path_factory):
     path.write_text(yaml.safe_dump(STUDY))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["sapo-lightning"])
-        main(["compare", "--config", str(path), "--out", str(tmp / "out")])
+        main(["--config", str(path), "--out", str(tmp / "out")])
     return tmp / "out" / "tiny"
 
 
+@pytest.mark.slow
 def test_tiny_grid_writes_a_table_per_task_with_a_row_per_objective(study):
     summary = (study / "summary.md").read_text()
     assert "## seed" in summary
@@ -120,6 +188,7 @@ def test_tiny_grid_writes_a_table_per_task_with_a_row_per_objective(study):
     assert f"{sum(finals) / 2:.3f} ± " in rows[0]
 
 
+@pytest.mark.slow
 def test_tiny_grid_writes_plots_or_says_how_to_get_them(study):
     summary = (study / "summary.md").read_text()
     try:
@@ -128,21 +197,26 @@ def test_tiny_grid_writes_plots_or_says_how_to_get_them(study):
         assert "pip install 'sapo-lightning[plot]'" in summary
     else:
         assert (study / "seed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "95% CI clipped to the seeds' min-max" in summary
 
 
-def test_every_cell_config_is_exact_and_reruns_alone_to_the_same_series(study):
-    configs = sorted(p.relative_to(study / "configs").as_posix() for p in (study / "configs").rglob("*.yaml"))
-    assert configs == [
+@pytest.mark.slow
+def test_a_cell_reruns_alone_to_the_same_series_with_the_command_the_summary_prints(study, monkeypatch):
+    overlays = sorted(p.relative_to(study / "configs").as_posix() for p in (study / "configs").rglob("*.yaml"))
+    assert overlays == [
         "seed/sapo-sym/seed0.yaml", "seed/sapo-sym/seed1.yaml", "seed/sapo/seed0.yaml", "seed/sapo/seed1.yaml"]
-    cell = yaml.safe_load((study / "configs" / "seed" / "sapo-sym" / "seed1.yaml").read_text())
-    assert cell["seed_everything"] == 1
-    assert cell["model"]["objective"] == STUDY["objectives"]["sapo-sym"]
-    assert cell["trainer"]["max_steps"] == 12 and cell["model"]["optimizer"]["init_args"]["lr"] == 0.02
-    assert cell["data"]["task"]["init_args"]["target"] == [2, 5, 7, 3, 1]  # the rest is the base config's
+    summary = (study / "summary.md").read_text()
+    command = next(line.strip() for line in summary.splitlines() if line.startswith("    sapo-lightning fit"))
+    program, *args = shlex.split(command)
+    assert program == "sapo-lightning" and args[-1] == str(study / "configs" / "seed" / "sapo" / "seed0.yaml")
 
-    log_dir = study / "runs" / "seed" / "sapo-sym" / "seed1"
+    log_dir = study / "runs" / "seed" / "sapo" / "seed0"
     first = read_scalars(log_dir)
-    main(["fit", "--config", str(study / "configs" / "seed" / "sapo-sym" / "seed1.yaml")])
+    ran = yaml.safe_load((log_dir / "version_0" / "config.yaml").read_text())  # LightningCLI's own record
+    assert ran["seed_everything"] == 0 and ran["trainer"]["max_steps"] == 12  # the task's override wins
+    assert ran["model"]["optimizer"]["init_args"]["lr"] == 0.02  # the study's
+    assert ran["data"]["task"]["init_args"]["target"] == [2, 5, 7, 3, 1]  # the rest is the base config's
+    cli_main(args)
     assert sorted(p.name for p in log_dir.glob("version_*")) == ["version_0", "version_1"]
     again = read_scalars(log_dir)  # the newest version: the rerun
     assert again["train/reward"] == first["train/reward"]
@@ -151,7 +225,7 @@ def test_every_cell_config_is_exact_and_reruns_alone_to_the_same_series(study):
 
 def test_compare_help_documents_its_options(capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["compare", "--help"])
+        main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     for option in ("--config", "--tasks", "--objectives", "--seeds", "--overrides", "--threshold", "--margin",
@@ -164,24 +238,34 @@ def test_compare_help_documents_its_options(capsys):
     (["--margin", "-0.1"], "margin must be a finite number >= 0"),
     (["--seeds", "[]"], "seeds must be a non-empty list"),
     (["--workers", "0"], "workers must be an integer >= 1"),
-    (["--objectives", "{sapo: {init_args: {}}}"], "objectives.sapo must have a class_path"),
+    (["--name", "a/b"], "name must be a directory name"),
+    (["--objectives", "{sapo: {init_args: {}}}"], "objectives.sapo must be a mapping with a class_path"),
+    (["--objectives", "{grpo: {class_path: GRPO, init_args: {tau_pos: 1.0}}}"], "objectives.grpo: "),
+    (["--objectives", "{sapo: {class_path: SAPO, init_args: {tau_neg: -1}}}"], "tau_neg must be a finite number > 0"),
     (["--tasks", "{t: {config: nowhere.yaml}}"], "tasks.t.config must be an existing fit config"),
+    (["--overrides", "{model.objective.init_args.tau_neg: 2}"], "overrides keys must be other than model.objective"),
+    (["--overrides", "{trainer.max_stepz: 6}"], "tasks.seed does not compose into a fit config: "),
 ])
 def test_bad_study_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(STUDY))
     with pytest.raises(SystemExit) as exit_:
-        main(["compare", "--config", str(path), "--out", str(tmp_path / "out"), *args])
+        main(["--config", str(path), "--out", str(tmp_path / "out"), *args])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("sapo-lightning compare: error: ") and message in err, err
     assert not (tmp_path / "out").exists()
 
 
-def test_an_existing_study_is_not_overwritten_without_asking(study, capsys):
+@pytest.mark.slow
+def test_an_existing_study_is_kept_unless_asked_and_unless_the_new_one_is_valid(study, capsys):
     path = study.parent.parent / "tiny.yaml"
     with pytest.raises(SystemExit) as exit_:
-        main(["compare", "--config", str(path), "--out", str(study.parent)])
+        main(["--config", str(path), "--out", str(study.parent)])
     assert exit_.value.code == 2
     assert "--overwrite true" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config", str(path), "--out", str(study.parent), "--overwrite", "true",
+              "--overrides", "{trainer.max_stepz: 6}"])
+    assert exit_.value.code == 2
     assert (study / "summary.md").exists()

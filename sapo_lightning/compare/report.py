@@ -1,0 +1,89 @@
+"""The study's report: a Markdown table per task, ``runs.csv`` and a plot per task."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from sapo_lightning.compare.stats import RunSummary, mean_ci, seed_band
+
+ENTROPY, APPROX_KL = "train/entropy", "train/approx_kl"
+SOFT_CLIP, CLIP_LOW, CLIP_HIGH = "train/soft_clip_frac", "train/clip_frac_low", "train/clip_frac_high"
+CSV_FIELDS = ("task", "objective", "seed", "steps_to_threshold", "final", "best", "collapse_step", "final_entropy",
+              "config", "command")
+#: What a plot's band is; the plot's title and summary.md say it.
+BAND = "mean over seeds, band: 95% CI clipped to the seeds' min-max at each step"
+PLOT_HINT = "plots need matplotlib: pip install 'sapo-lightning[plot]'"
+
+
+def fmt(mean: float, half: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    if not math.isfinite(half):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def table(rows: dict[str, list[RunSummary]]) -> list[str]:
+    """One Markdown table: a row per objective, mean ± 95% CI over its seeds."""
+    lines = [
+        "| objective | reached | steps to threshold | final reward | best reward | collapses | final entropy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for objective, runs in rows.items():
+        n = len(runs)
+        reached = [r.steps_to_threshold for r in runs if math.isfinite(r.steps_to_threshold)]
+        lines.append(
+            f"| {objective} | {len(reached)}/{n} | {fmt(*mean_ci(reached), 0)} "
+            f"| {fmt(*mean_ci([r.final for r in runs]), 3)} | {fmt(*mean_ci([r.best for r in runs]), 3)} "
+            f"| {sum(r.collapsed for r in runs)}/{n} | {fmt(*mean_ci([r.final_entropy for r in runs]), 3)} |"
+        )
+    return lines
+
+
+def write_csv(path: Path, rows: list[tuple[str, str, int, RunSummary, str, str]]) -> None:
+    """One row per run: (task, objective, seed, summary, its overlay config, the command that reruns it)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_FIELDS)
+        for task, objective, seed, r, config, command in rows:
+            writer.writerow([task, objective, seed, r.steps_to_threshold, r.final, r.best, r.collapse_step,
+                             r.final_entropy, config, command])
+
+
+def clip_fraction(scalars: dict) -> tuple[list[int], list[float]] | None:
+    """SAPO's soft-clip fraction (w < 0.5), else clip_frac_low + clip_frac_high (disjoint token sets)."""
+    if SOFT_CLIP in scalars:
+        return scalars[SOFT_CLIP]
+    if CLIP_LOW in scalars and CLIP_HIGH in scalars:
+        (steps, low), (_, high) = scalars[CLIP_LOW], scalars[CLIP_HIGH]
+        return steps, [a + b for a, b in zip(low, high)]
+    return None
+
+
+def plot_task(task: str, series: dict[str, list[dict]], metric: str, path: Path) -> None:
+    """Reward, entropy, approx KL and clip fraction against step: a line and a band (:data:`BAND`) per objective."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(metric, metric), (ENTROPY, "entropy"), (APPROX_KL, "approx KL"),
+              ("clip", "soft clip (w<0.5) / clip fraction")]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    for ax, (tag, title) in zip(axes, panels):
+        for objective, runs in series.items():
+            curves = [clip_fraction(s) if tag == "clip" else s.get(tag) for s in runs]
+            steps, mean, low, high = seed_band([c for c in curves if c])
+            if not steps:
+                continue
+            (line,) = ax.plot(steps, mean, label=objective)
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+    axes[0].legend()
+    fig.suptitle(f"{task}: {BAND}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
