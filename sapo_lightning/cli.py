@@ -73,10 +73,12 @@ def check_yaml_files(args: list[str]) -> None:
     """Refuse a ``--config`` file that is not valid YAML, naming the file, line and column."""
     paths = [b for a, b in zip(args, args[1:]) if a == "--config"] + [a[9:] for a in args if a.startswith("--config=")]
     for path in paths:
-        if not Path(path).is_file():
-            continue  # jsonargparse reports a missing file
         try:
-            yaml.safe_load(Path(path).read_text())
+            text = Path(path).read_text()
+        except (OSError, ValueError):
+            continue  # not a file: jsonargparse reads the value as YAML text, or reports it missing
+        try:
+            yaml.safe_load(text)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
