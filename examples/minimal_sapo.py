@@ -60,7 +60,8 @@ def sample(logits: torch.Tensor, generator: torch.Generator | None) -> tuple[tor
         tokens = log_p.argmax(-1)
     else:  # Gumbel-max: argmax(log p + Gumbel noise) is an exact sample of p
         u = torch.rand(log_p.shape, generator=generator)
-        tokens = (log_p + -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))).argmax(-1)
+        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+        tokens = (log_p + gumbel).argmax(-1)
     return tokens, log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 

@@ -46,9 +46,10 @@ def test_a_stale_sync_would_show(overhead, tmp_path):
 
 def test_the_example_runs_alone_and_solves_the_seed_task(tmp_path):
     # `python examples/minimal_sapo.py --steps 100`, then: neither sapo_lightning nor Lightning was imported
+    framework = {"sapo_lightning", "lightning", "torchmetrics"}
     script = (f"import runpy, sys; sys.argv = ['minimal_sapo.py', '--steps', '100']; "
               f"runpy.run_path({str(EXAMPLE)!r}, run_name='__main__'); "
-              f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'sapo_lightning', 'lightning', 'torchmetrics'}}))")
+              f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {framework!r}))")
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
