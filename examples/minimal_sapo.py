@@ -74,12 +74,12 @@ def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def sapo_loss(log_probs, old_log_probs, advantages, tau_pos: float, tau_neg: float) -> torch.Tensor:
-    """-mean_i mean_t f(r_{i,t}) Â_i with f(r) = (4/τ) σ(τ(r - 1)); ∂f/∂r = sech²(τ(r - 1)/2)."""
+    """-mean_i mean_t f(r_{i,t}) Â_i, f(r) = (4/τ) σ(τ(r - 1)); the gate w = ∂f/∂r = sech²(τ(r - 1)/2)."""
     ratio = torch.exp((log_probs - old_log_probs).clamp(-20.0, 20.0))  # r = π_θ / π_old, [N, T]
     adv = advantages.unsqueeze(-1)  # [N, 1]
     tau = torch.where(adv > 0, tau_pos, tau_neg)  # [N, 1]
-    gate = (4 / tau) * torch.sigmoid(tau * (ratio - 1))  # f(r): 2/τ on-policy, slope 1 there
-    return ((-gate * adv).sum(-1) / ratio.shape[-1]).mean()  # seq-mean-token-mean (all T tokens real)
+    f = (4 / tau) * torch.sigmoid(tau * (ratio - 1))  # the soft gate f(r): 2/τ on-policy, slope 1 there
+    return ((-f * adv).sum(-1) / ratio.shape[-1]).mean()  # seq-mean-token-mean (all T tokens real)
 
 
 def train(args: Args, log=print, on_step=None) -> nn.Module:
