@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch import Callback
 
 from sapo_lightning.cli import main
-from sapo_lightning.compare import redirect_output
+from sapo_lightning.compare.runner import redirect_output
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sapo.yaml"
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -12,9 +12,9 @@ sequences, the seed size), 512 (4096 sequences) and, with ``--sizes xlarge``, 20
   the TensorBoard logger with every diagnostic, validation, the CLI's atomic (fsync'ed)
   checkpoints every 50 steps, and the progress bar (writing to /dev/null) unless
   ``--no-progress-bar``.
-- ``plain`` is the loop one writes by hand: the same query stream, rollout, rewards, group
-  advantages, SAPO objective, ``loss.backward()``, ``Adam.step()``, the same sync and the same
-  greedy validation, logging nothing.
+- ``plain`` is the loop one writes by hand, ``examples/minimal_sapo.py`` (torch only): the same
+  query stream, rollout, rewards, group advantages, SAPO objective, ``loss.backward()``,
+  ``Adam.step()``, the same sync and the same greedy validation, printing nothing.
 - ``floor`` is Lightning's own per-step cost: the same Trainer settings, checkpointing and
   DataModule driving a module whose step is one manual-optimization Adam step on a single
   parameter and whose validation does nothing. fit − plain − floor is what the RLModule adds
@@ -43,7 +43,6 @@ the two loops do the same math.
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import os
 import statistics
@@ -56,21 +55,22 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from sapo_lightning.advantages import group_advantages
 from sapo_lightning.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from sapo_lightning.cli import main
-from sapo_lightning.compare import redirect_output
-from sapo_lightning.data import VALIDATION_STREAM, QueryDataModule, QueryStream, derive_seed
-from sapo_lightning.objectives import SAPO
-from sapo_lightning.policies import MLPPolicy
+from sapo_lightning.compare.runner import redirect_output
+from sapo_lightning.data import QueryDataModule
 from sapo_lightning.tasks import FixedTarget
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sapo.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+import minimal_sapo  # noqa: E402  the plain loop: one copy, the example's
+
+CONFIG = ROOT / "configs" / "sapo.yaml"
 SIZES = {"seed": 8, "large": 512, "xlarge": 2048}  # queries per step; x group 8 = 64, 4096, 16384 sequences
 GOALS = {"seed": 1.25, "large": 1.05, "xlarge": 1.05}
 STEPS = {"seed": 3000, "large": 500, "xlarge": 200}
-GROUP, HIDDEN, TARGET, VOCAB, LR = 8, 32, [2, 5, 7, 3, 1], 10, 1e-3
-SYNC_EVERY, VAL_EVERY, VAL_SIZE, SEED = 10, 50, 64, 0
+GROUP, TARGET, VOCAB, LR = 8, [2, 5, 7, 3, 1], 10, 1e-3
+LOG_EVERY, VAL_EVERY, VAL_SIZE, SEED = 10, 50, 64, 0
 WINDOW = VAL_EVERY
 
 
@@ -88,38 +88,15 @@ def now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def plain_loop(batch_size: int, steps: int, stamps: list[tuple[float, float]] | None = None) -> torch.nn.Module:
-    """The hand-written loop: configs/sapo.yaml's math with no framework and no logging."""
-    torch.manual_seed(SEED)
-    task = FixedTarget(TARGET, vocab_size=VOCAB)
-    policy = MLPPolicy(task, HIDDEN)
-    old_policy = copy.deepcopy(policy).requires_grad_(False).eval()
-    optimizer = torch.optim.Adam(policy.parameters(), lr=LR)
-    objective = SAPO(tau_pos=1.0, tau_neg=1.05)
-    val_queries = task.sample_queries(VAL_SIZE, torch.Generator().manual_seed(derive_seed(SEED, VALIDATION_STREAM)))
-    stream = iter(QueryStream(task, batch_size, SEED, rank=0))
-    for step in range(1, steps + 1):
-        if stamps is not None:
-            stamps.append(now())
-        batch = next(stream)
-        queries = batch["queries"].repeat_interleave(GROUP, 0)  # [N, D]
-        with torch.no_grad():
-            rollout = old_policy.sample(queries, torch.Generator().manual_seed(batch["seed"]))
-            rewards = task.reward(queries, rollout.responses, rollout.mask)  # [N]
-            advantages = group_advantages(rewards, GROUP)  # [N]
-        scores = policy.score(queries, rollout.responses)
-        loss = objective(scores.log_probs, rollout.log_probs, advantages, rollout.mask).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % SYNC_EVERY == 0:
-            old_policy.load_state_dict(policy.state_dict())
-        if step % VAL_EVERY == 0:
-            with torch.no_grad():
-                greedy = policy.sample(val_queries, greedy=True)
-                task.reward(val_queries, greedy.responses, greedy.mask).mean()
-                task.exact_match(val_queries, greedy.responses, greedy.mask).float().mean()
-    return policy
+def plain_loop(batch_size: int, steps: int, stamps: list[tuple[float, float]] | None = None,
+               **changes) -> torch.nn.Module:
+    """examples/minimal_sapo.py's loop (configs/sapo.yaml's math, no framework) at ``batch_size``, printing nothing.
+
+    ``changes`` override other fields of its ``Args`` (the test changes ``sync_every``).
+    """
+    args = minimal_sapo.Args(batch_size=batch_size, steps=steps, **changes)
+    on_step = None if stamps is None else (lambda step: stamps.append(now()))
+    return minimal_sapo.train(args, log=None, on_step=on_step)
 
 
 class Floor(LightningModule):
@@ -150,7 +127,7 @@ def floor(batch_size: int, steps: int, root: str, progress_bar: bool) -> None:
         checkpoint = RunCheckpoint(filename="{step}", save_last=True, every_n_train_steps=VAL_EVERY)  # the CLI's
         trainer = Trainer(
             max_steps=steps, accelerator="cpu", devices=1, val_check_interval=VAL_EVERY, check_val_every_n_epoch=None,
-            log_every_n_steps=SYNC_EVERY, enable_model_summary=False, enable_progress_bar=progress_bar,
+            log_every_n_steps=LOG_EVERY, enable_model_summary=False, enable_progress_bar=progress_bar,
             default_root_dir=root, callbacks=[StepClock(), checkpoint], plugins=[AtomicCheckpointIO()],
         )
         trainer.fit(Floor(), data)
@@ -249,13 +226,17 @@ def measure(size: str, steps: int, repeats: int, progress_bar: bool, root: str) 
     return result
 
 
-def same_math(batch_size: int, steps: int, root: str) -> float:
-    """Largest |θ_fit − θ_plain| after ``steps`` steps from the same seed (0 when the math is the same)."""
+def same_math(batch_size: int, steps: int, root: str, **changes) -> float:
+    """Largest |θ_fit − θ_plain| after ``steps`` steps from the same seed (0 when the math is the same).
+
+    ``changes`` go to the plain loop only (see :func:`plain_loop`), so that a test can show a difference.
+    """
     run = fit(batch_size, steps, root, progress_bar=False)
     (checkpoint,) = (run / "checkpoints").glob(f"*step={steps}.ckpt")
     state = torch.load(checkpoint, weights_only=True)["state_dict"]
-    policy = plain_loop(batch_size, steps)
-    return max((state[f"policy.{k}"] - v).abs().max().item() for k, v in policy.state_dict().items())
+    policy = plain_loop(batch_size, steps, **changes)  # an nn.Sequential: fit's MLPPolicy.net
+    assert len(policy.state_dict()) == sum(k.startswith("policy.") for k in state)
+    return max((state[f"policy.net.{k}"] - v).abs().max().item() for k, v in policy.state_dict().items())
 
 
 def parse_args() -> argparse.Namespace:
