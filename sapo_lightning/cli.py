@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.checkpointing import RunCheckpoint, find_last
-from sapo_lightning.checks import ConfigError, fail
+from sapo_lightning.checks import ConfigError
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.module import RLModule
 
@@ -82,7 +82,8 @@ def check_yaml_files(args: list[str]) -> None:
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            fail("--config", f"a valid YAML file ({path}{where}: {getattr(err, 'problem', None) or err})", path)
+            problem = getattr(err, "problem", None) or err
+            raise ConfigError(f"--config must be a valid YAML file; got {path}, which fails{where}: {problem}") from None
 
 
 def main(args: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sapo_lightning.cli import main
+from sapo_lightning.commands import main as commands_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SAPO_CONFIG = str(ROOT / "configs" / "sapo.yaml")
@@ -34,6 +35,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_default_config_solves_the_seed_task_and_logs_every_tag(tmp_path):
     # the shipped 500 steps solve at the validation of step 100; 200 keep the test short
     main(["fit", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps=200", *QUIET])
@@ -51,9 +53,35 @@ def test_default_config_solves_the_seed_task_and_logs_every_tag(tmp_path):
     assert list((run / "checkpoints").glob("*.ckpt"))
 
 
+@pytest.mark.slow
 def test_validate_subcommand_runs(tmp_path, capsys):
     main(["validate", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), *QUIET])
     assert "val/exact_match" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_test_subcommand_evaluates_a_checkpoint_on_held_out_queries(tmp_path, capsys):
+    main(["fit", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps=100", *QUIET])
+    checkpoint = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    main(["test", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(checkpoint),
+          *QUIET])
+    out = capsys.readouterr().out
+    assert "test/exact_match" in out and "test/reward" in out
+    logged = scalars(tmp_path / "lightning_logs" / "version_1")
+    assert logged["test/exact_match"][-1][1] == 1.0  # solved at step 100, on queries it never trained on
+
+
+def test_help_lists_every_subcommand(capsys):
+    commands_main(["--help"])
+    out = capsys.readouterr().out
+    for subcommand in ("fit", "validate", "test", "compare"):
+        assert f"\n  {subcommand} " in out
+    with pytest.raises(SystemExit) as exit_:
+        commands_main(["predict"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must be one of fit, validate, test, compare; got 'predict'" in err
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -112,8 +140,11 @@ def test_missing_or_malformed_yaml(tmp_path, capsys, content):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("sapo-lightning: error: "), err
+    if content == "model: [unclosed\n":  # the file, and where in it
+        assert str(path) in err and "line 2, column 1" in err, err
 
 
+@pytest.mark.slow
 def test_console_script_error_has_no_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "sapo_lightning", "fit", "--config", SAPO_CONFIG, "--data.batch_size=-3"],

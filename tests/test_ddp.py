@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+pytestmark = pytest.mark.slow  # a 2-process fit in a subprocess
 
 ROOT = Path(__file__).parents[1]
 STEPS, UPDATES, EVERY = 60, 2, 10

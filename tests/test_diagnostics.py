@@ -81,6 +81,7 @@ class Recording(SAPO):
         return out
 
 
+@pytest.mark.slow
 def test_logged_values_are_the_mean_min_max_of_the_updates_since_the_last_log_point(tmp_path):
     objective = Recording()
     task = FixedTarget([2, 5, 7, 3, 1], vocab_size=10)

@@ -17,6 +17,8 @@ import torch
 from sapo_lightning.checkpointing import AtomicCheckpointIO
 from sapo_lightning.cli import main
 
+pytestmark = pytest.mark.slow  # fits killed and resumed in subprocesses
+
 CONFIG = Path(__file__).parents[1] / "configs" / "sapo.yaml"
 TRIALS = 5
 

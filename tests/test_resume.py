@@ -13,6 +13,8 @@ import torch
 from sapo_lightning.checkpointing import AtomicCheckpointIO
 from sapo_lightning.cli import main
 
+pytestmark = pytest.mark.slow  # pairs of fits compared bit for bit
+
 CONFIG = Path(__file__).parents[1] / "configs" / "sapo.yaml"
 # Validation and logging every few steps, so that their loop state is part of what must match.
 QUICK = ["--trainer.enable_progress_bar=false", "--trainer.val_check_interval=10", "--data.val_size=16",

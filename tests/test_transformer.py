@@ -98,6 +98,7 @@ def test_bad_arguments(task, kwargs, option):
         TransformerPolicy(task, **kwargs)
 
 
+@pytest.mark.slow
 def test_transformer_config_trains_through_the_cli(tmp_path):
     from sapo_lightning.cli import main
 
