@@ -9,7 +9,7 @@ Every objective is a callable ``objective(log_probs, old_log_probs, advantages, 
 
 It returns an :class:`ObjectiveOutput`: the scalar ``loss`` to minimise and a dict of
 detached scalar diagnostics. Keys ending in ``_min`` / ``_max`` are aggregated across
-steps and ranks by min / max, every other key by mean. The math follows ``SAPO.md``.
+steps and ranks by min / max, every other key by mean. The math is written out in ``docs/math.md``.
 
 The family: :class:`SAPO` (soft gate), :class:`GRPO` (PPO clip; DAPO clip-higher and
 Dr.GRPO are GRPO configurations), :class:`GSPO` (sequence ratio, sequence clip) and
@@ -347,10 +347,10 @@ class CISPO(Objective):
     The loss value contains log π_θ and is not comparable with the other objectives' values.
 
     Args:
-        eps_low: Lower clip width of the weight (default 0.2, from ``SAPO.md``; >= 0, and
-            values >= 1 remove the lower bound, as MiniMax-M1 does by setting it large).
-        eps_high: Upper clip width of the weight (default 5.0, ``SAPO.md``: large, so only
-            extreme ratios are truncated; MiniMax-M1 tunes only this one).
+        eps_low: Lower clip width of the weight (default 0.2; >= 0, and values >= 1 remove
+            the lower bound, as MiniMax-M1 does by setting it large).
+        eps_high: Upper clip width of the weight (default 5.0: large, so only extreme ratios
+            are truncated; MiniMax-M1 tunes only this one).
         aggregation: ``token-mean`` (MiniMax-M1, default), ``seq-mean-token-mean`` or
             ``seq-mean-token-sum-norm``.
 

@@ -1,4 +1,4 @@
-"""SAPO against SAPO.md: gate values, on-policy identity, overflow safety, aggregation."""
+"""SAPO against docs/math.md: gate values, on-policy identity, overflow safety, aggregation."""
 
 import math
 
@@ -19,9 +19,9 @@ def gate_from_autograd(r: float, tau: float) -> float:
     return (-log_probs.grad / r).item()
 
 
-# SAPO.md: w = sech²(τ(r−1)/2); τ=1: w(2)=0.7864, w(5)=0.0707; τ=1.05: w(1.5)=0.9341, w(2)=0.7681.
-# SAPO.md prints w(0.5) = w(1.5) = 0.9401 for τ=1, but sech²(0.25) = 1/cosh(0.25)² = 0.9400148:
-# to four places that is 0.9400, so the exact value is asserted.
+# docs/math.md: w = sech²(τ(r−1)/2); τ=1: w(2)=0.7864, w(5)=0.0707; τ=1.05: w(1.5)=0.9341, w(2)=0.7681.
+# w(0.5) = w(1.5) for τ=1 is sech²(0.25) = 1/cosh(0.25)² = 0.9400148 (0.9400, not the 0.9401 one
+# sometimes sees printed), so the exact value is asserted.
 @pytest.mark.parametrize(
     "tau, r, w",
     [(1.0, 1.0, 1.0), (1.0, 0.5, 0.9400148), (1.0, 1.5, 0.9400148), (1.0, 2.0, 0.7864), (1.0, 5.0, 0.0707),
@@ -54,7 +54,7 @@ def test_loss_value_by_hand():
 
 
 def test_on_policy_value_is_minus_two_over_tau_times_advantage():
-    # SAPO.md: on-policy the loss per token is −(2/τ)·Â
+    # docs/math.md: on-policy the loss per token is −(2/τ)·Â
     lp = torch.randn(2, 3)
     out = SAPO(tau_pos=1.0, tau_neg=2.0)(lp, lp.clone(), torch.tensor([0.5, -1.0]), torch.ones(2, 3, dtype=torch.bool))
     assert out.loss.item() == pytest.approx(((-2 * 0.5) + (2 / 2.0)) / 2)

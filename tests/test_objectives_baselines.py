@@ -195,8 +195,8 @@ def test_cispo_value_gradient_and_clip_fractions_by_hand():
 # -- SAPO's sequence-ratio extension ---------------------------------------------------------
 def test_sapo_sequence_ratio_gate_by_hand():
     # One response, z = ln2 ± 0.1, so s = 2 while no token ratio is 2.
-    # Â = +1, τ_pos = 1: loss = −f(2) = −4σ(1); gate w(2) = sech²(1/2) = 0.7864 (SAPO.md);
-    # gradient per token −w·s·Â/|y| = −0.7864·2/2.  Â = −1, τ_neg = 1.05: w(2) = 0.7681 (SAPO.md).
+    # Â = +1, τ_pos = 1: loss = −f(2) = −4σ(1); gate w(2) = sech²(1/2) = 0.7864 (docs/math.md);
+    # gradient per token −w·s·Â/|y| = −0.7864·2/2.  Â = −1, τ_neg = 1.05: w(2) = 0.7681 (docs/math.md).
     ratios = [[2 * math.exp(0.1), 2 * math.exp(-0.1)]]
     for adv, tau, w in ((1.0, 1.0, 0.7864), (-1.0, 1.05, 0.7681)):
         inputs = case(ratios, log_probs=[[-1.0, -2.0]], advantages=[adv], mask=[[True] * 2])
