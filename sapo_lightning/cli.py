@@ -45,15 +45,16 @@ class SAPOCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.task", "model.task", apply_on="instantiate")
         parser.add_lightning_class_args(OldPolicySync, "sync")
-        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        # a class group, not a callback key: the Trainer gets it unless checkpointing is switched off
+        parser.add_class_arguments(RunCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
         parser.set_defaults(CHECKPOINT_DEFAULTS)
-        self.subcommand_parsers = getattr(self, "subcommand_parsers", []) + [parser]
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        if config.trainer.enable_checkpointing is False:
-            for parser in self.subcommand_parsers:  # an explicit opt-out drops the default checkpoint
-                parser.callback_keys = [key for key in parser.callback_keys if key != "checkpoint"]
+        if config.trainer.enable_checkpointing is not False:
+            callbacks = config.trainer.callbacks or []
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            kwargs["callbacks"] = [*callbacks, config.checkpoint]
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:

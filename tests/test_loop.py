@@ -7,6 +7,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.plugins import MixedPrecision
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sapo_lightning import SAPO, ConfigError, FixedTarget, MLPPolicy, QueryDataModule, RLModule
 from sapo_lightning.cli import main
@@ -83,3 +84,18 @@ def test_checkpoints_follow_the_schedule_with_several_updates_per_batch(tmp_path
     # batch ends at 3, 6, 9, 12, 15: 6 crosses 5, 12 crosses 10, 15 is a multiple and the end of the run
     assert saved == ["last.ckpt", "step=12.ckpt", "step=15.ckpt", "step=6.ckpt"]
     assert torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)["global_step"] == 15
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_checkpointing_switch_keeps_the_users_callbacks(tmp_path, monkeypatch, enabled):
+    monkeypatch.setattr(sys, "argv", ["sapo-lightning"])
+    main(["fit", "--config", CONFIG, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps=4",
+          f"--trainer.enable_checkpointing={str(enabled).lower()}", "--trainer.enable_progress_bar=false",
+          "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor", "--trainer.log_every_n_steps=1",
+          "--data.val_size=8"])
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert sorted(p.name for p in run.glob("checkpoints/*.ckpt")) == (["last.ckpt", "step=4.ckpt"] if enabled else [])
+    (events,) = run.glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    assert "lr-Adam" in accumulator.Tags()["scalars"]  # the user's callback ran beside the checkpoint
