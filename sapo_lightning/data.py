@@ -7,44 +7,30 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+from torch.utils.data import DataLoader, IterableDataset
 
 from sapo_lightning.checks import check_int
+from sapo_lightning.seeds import ROLLOUT_STREAM, derive_seed
 from sapo_lightning.tasks import Task
-
-_MASK = (1 << 63) - 1
-
-
-def derive_seed(*keys: int) -> int:
-    """Mix integer keys (seed, rank, step, stream...) into one 63-bit seed (splitmix64)."""
-    x = 0x9E3779B97F4A7C15
-    for key in keys:
-        x = (x ^ (key & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        x = (x ^ (x >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        x ^= x >> 29
-    return x & _MASK
-
-
-QUERY_STREAM, ROLLOUT_STREAM, VALIDATION_STREAM, TEST_STREAM = 0, 1, 2, 3
 
 
 class QueryStream(IterableDataset):
-    """Endless batches ``{"queries": [B, D], "index": i, "seed": s}`` for i = start, start+1, ...
+    """Endless batches ``{"queries": ..., "index": i, "seed": s}`` for i = start, start+1, ...
 
-    Batch i is a pure function of (seed, rank, i): the queries come from their own generator,
-    and ``seed`` seeds the rollout sampling of that batch. Any rank, any restart, same data.
+    Batch i is a pure function of (seed, rank, world size, i): the task draws its queries
+    (:meth:`Task.train_batch`), and ``seed`` seeds the rollout sampling of that batch. Any
+    restart, same data.
     """
 
-    def __init__(self, task: Task, batch_size: int, seed: int, rank: int, start: int = 0) -> None:
-        self.task, self.batch_size, self.seed, self.rank, self.start = task, batch_size, seed, rank, start
+    def __init__(self, task: Task, batch_size: int, seed: int, rank: int, world_size: int, start: int = 0) -> None:
+        self.task, self.batch_size, self.seed, self.start = task, batch_size, seed, start
+        self.rank, self.world_size = rank, world_size
 
     def __iter__(self) -> Iterator[dict]:
-        generator = torch.Generator()
         index = self.start
         while True:
-            generator.manual_seed(derive_seed(self.seed, self.rank, index, QUERY_STREAM))
             yield {
-                "queries": self.task.sample_queries(self.batch_size, generator),
+                "queries": self.task.train_batch(index, self.batch_size, self.seed, self.rank, self.world_size),
                 "index": index,
                 "seed": derive_seed(self.seed, self.rank, index, ROLLOUT_STREAM),
             }
@@ -52,12 +38,11 @@ class QueryStream(IterableDataset):
 
 
 class QueryDataModule(LightningDataModule):
-    """Random queries for training, a fixed validation set and a held-out test set.
+    """Training batches from the task, a fixed validation set and a held-out test set.
 
-    Each training step draws ``batch_size`` fresh queries per rank; each query then gets
-    ``model.group_size`` sampled responses. Validation (and ``test``) decode greedily on
-    ``val_size`` queries drawn once from the seed (the same set on every rank, sharded by
-    Lightning); the test queries come from a stream of their own.
+    Each training step takes ``batch_size`` queries per rank from the task; each query then
+    gets ``model.group_size`` sampled responses. Validation (and ``test``) decode greedily on
+    the task's fixed evaluation queries (the same set on every rank, sharded by Lightning).
 
     The position in the training stream is this module's checkpointed state, so a resumed
     run continues with the batch after the last one it trained on.
@@ -65,16 +50,22 @@ class QueryDataModule(LightningDataModule):
     Args:
         task: What to learn: queries and rewards (class_path + init_args).
         batch_size: Queries per optimizer step and rank (seed: 8).
-        val_size: Number of fixed validation queries, and of test queries.
+        val_size: Number of fixed validation queries, and of test queries (a task with its own
+            validation set may use fewer).
+        val_batch_size: Queries per validation batch; null: all at once.
         seed: Seed of the query and rollout streams; None takes torch's initial seed, which
             ``seed_everything`` set.
     """
 
-    def __init__(self, task: Task, batch_size: int = 8, val_size: int = 64, seed: int | None = None) -> None:
+    def __init__(
+        self, task: Task, batch_size: int = 8, val_size: int = 64, val_batch_size: int | None = None,
+        seed: int | None = None,
+    ) -> None:
         super().__init__()
         self.task = task
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.val_size = check_int("val_size", val_size, 1)
+        self.val_batch_size = check_int("val_batch_size", val_batch_size, 1, allow_none=True)
         self.seed = check_int("seed", seed, 0, allow_none=True)
         self.next_batch = 0  # index of the next training batch
 
@@ -83,8 +74,9 @@ class QueryDataModule(LightningDataModule):
             self.seed = torch.initial_seed()
 
     def train_dataloader(self) -> DataLoader:
-        rank = self.trainer.global_rank if self.trainer else 0
-        return DataLoader(QueryStream(self.task, self.batch_size, self.seed, rank, self.next_batch), batch_size=None)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        stream = QueryStream(self.task, self.batch_size, self.seed, rank, world, self.next_batch)
+        return DataLoader(stream, batch_size=None)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training:
@@ -98,12 +90,12 @@ class QueryDataModule(LightningDataModule):
         self.next_batch = state_dict["next_batch"]
 
     def val_dataloader(self) -> DataLoader:
-        return self._fixed_queries(VALIDATION_STREAM)
+        return self._eval_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._fixed_queries(TEST_STREAM)
+        return self._eval_dataloader("test")
 
-    def _fixed_queries(self, stream: int) -> DataLoader:
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, stream))
-        queries = self.task.sample_queries(self.val_size, generator)
-        return DataLoader(TensorDataset(queries), batch_size=self.val_size)
+    def _eval_dataloader(self, stage: str) -> DataLoader:
+        rows = self.task.eval_rows(stage, self.val_size, self.seed)
+        collate = self.task.collate
+        return DataLoader(rows, batch_size=self.val_batch_size or len(rows), collate_fn=lambda r: {"queries": collate(r)})

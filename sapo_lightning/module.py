@@ -13,12 +13,12 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from sapo_lightning.advantages import check_group, group_advantages_with_stats
+from sapo_lightning.advantages import GroupAdvantages, check_group, group_advantages_with_stats
 from sapo_lightning.checks import ConfigError, check_int, check_positive, fail
 from sapo_lightning.metrics import Diagnostics
 from sapo_lightning.objectives import Objective, masked_mean
-from sapo_lightning.policies import Policy
-from sapo_lightning.tasks import Task
+from sapo_lightning.policies import Policy, Rollout
+from sapo_lightning.tasks import Rewards, Task
 
 
 class RLModule(LightningModule):
@@ -42,6 +42,8 @@ class RLModule(LightningModule):
             R − mean (Dr.GRPO).
         optimizer: Optimizer class and arguments (``lr`` among them) for the policy.
         max_grad_norm: Clip the gradient norm to this value; None disables clipping.
+        pass_k: Also sample k responses per evaluation query and log ``val/pass@k/...``: the
+            share of queries with at least one exactly right response (null: greedy only).
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class RLModule(LightningModule):
         advantage_scale: Literal["group", "none"] = "group",
         optimizer: OptimizerCallable = torch.optim.Adam,
         max_grad_norm: float | None = None,
+        pass_k: int | None = None,
     ) -> None:
         super().__init__()
         check_group(group_size, advantage_scale)
@@ -70,9 +73,8 @@ class RLModule(LightningModule):
         self.policy = policy(task)
         self.old_policy = copy.deepcopy(self.policy).requires_grad_(False).eval()
         self.train_diagnostics = Diagnostics()
-        self.eval_metrics = nn.ModuleDict(
-            {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in ("reward", "exact_match")}
-        )
+        self.pass_k = check_int("pass_k", pass_k, 1, allow_none=True)
+        self.eval_metrics = nn.ModuleDict()  # "val/<name>" -> MeanMetric, made at the first evaluation
         self.grad_norm = torch.tensor(math.nan)  # of the last update, set in on_before_optimizer_step
 
     # -- the loop's invariants and state ---------------------------------------------------
@@ -106,13 +108,9 @@ class RLModule(LightningModule):
         generator = torch.Generator(device=queries.device).manual_seed(batch["seed"])
         with torch.no_grad():
             rollout = self.old_policy.sample(queries, generator)  # [N, T] each, log-probs of π_old
-            rewards = self.task.reward(queries, rollout.responses, rollout.mask)  # [N]
-            groups = group_advantages_with_stats(rewards, self.group_size, self.advantage_scale)
-            rollout_stats = {
-                "reward": rewards.mean(),
-                "reward_std": groups.std.mean(),
-                "zero_adv_frac": groups.zero_signal.float().mean(),
-            }
+            rewards = self.task.rewards(queries, rollout.responses, rollout.mask)  # total [N], terms [N] each
+            groups = group_advantages_with_stats(rewards.total, self.group_size, self.advantage_scale)
+            rollout_stats = rollout_diagnostics(rewards, groups, rollout)
 
         optimizer = self.optimizers()
         for _ in range(self.updates_per_rollout):  # the first update is on-policy, the later ones stale
@@ -152,21 +150,44 @@ class RLModule(LightningModule):
             logger.log_metrics(metrics, step=batches - 1)
 
     # -- evaluation ----------------------------------------------------------------------
-    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch["queries"], batch_idx, "val")
 
-    def test_step(self, batch: list[Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch["queries"], batch_idx, "test")
 
-    def _evaluate(self, batch: list[Tensor], stage: str) -> None:
-        """Greedy decoding: mean reward and share of exactly right responses, over the whole set."""
-        (queries,) = batch
+    def _evaluate(self, queries: Any, batch_idx: int, stage: str) -> None:
+        """Greedy decoding, and with ``pass_k`` k samples per query: means over the whole set."""
         rollout = self.policy.sample(queries, greedy=True)
-        reward, exact = self.eval_metrics[f"{stage}_reward"], self.eval_metrics[f"{stage}_exact_match"]
-        reward.update(self.task.reward(queries, rollout.responses, rollout.mask))
-        exact.update(self.task.exact_match(queries, rollout.responses, rollout.mask).float())
-        self.log(f"{stage}/reward", reward, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/exact_match", exact, on_epoch=True, prog_bar=True)
+        values = self.task.evaluate(queries, rollout.responses, rollout.mask)  # name -> [B]
+        if self.pass_k:
+            generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+            samples = self.policy.sample(queries.repeat_interleave(self.pass_k, 0), generator)
+            sampled = self.task.evaluate(queries.repeat_interleave(self.pass_k, 0), samples.responses, samples.mask)
+            for name in ("exact_match", *(n for n in sampled if n.startswith("accuracy/"))):
+                values[f"pass@{self.pass_k}/{name}"] = sampled[name].view(-1, self.pass_k).amax(-1)  # [B]
+        for name, value in values.items():
+            key = f"{stage}/{name}"
+            if key not in self.eval_metrics:  # a task's names are known at its first evaluation
+                self.eval_metrics[key] = MeanMetric().to(self.device)
+            self.eval_metrics[key].update(value)
+            self.log(key, self.eval_metrics[key], on_epoch=True, prog_bar=name in ("reward", "exact_match"),
+                     metric_attribute=f"eval_metrics.{key}")
+
+
+def rollout_diagnostics(rewards: Rewards, groups: GroupAdvantages, rollout: Rollout) -> dict[str, Tensor]:
+    """What one rollout batch looked like: rewards, their spread, response lengths."""
+    lengths = rollout.mask.sum(-1).float()  # [N]
+    stats = {
+        "reward": rewards.total.mean(),
+        "reward_std": groups.std.mean(),
+        "zero_adv_frac": groups.zero_signal.float().mean(),
+        "completion_len": lengths.mean(),
+        "completion_len_max": lengths.max(),
+    }
+    if rollout.truncated is not None:
+        stats["truncated_frac"] = rollout.truncated.float().mean()
+    return stats | {f"rewards/{name}": term.nanmean() for name, term in rewards.terms.items()}
 
 
 def _check_optimizer(optimizer: OptimizerCallable) -> None:

@@ -24,6 +24,7 @@ class Rollout(NamedTuple):
     responses: Tensor  # [N, T] long, padded after EOS
     log_probs: Tensor  # [N, T] float, log-prob of each sampled token under the sampling policy
     mask: Tensor  # [N, T] bool, True for real response tokens (EOS included)
+    truncated: Tensor | None = None  # [N] bool, cut at the length bound before its EOS; None: fixed length
 
 
 class Scores(NamedTuple):
@@ -113,7 +114,7 @@ def decode(
         if t + 1 == max_new_tokens or (stop_when_done and bool(done.all())):
             break
         logits = next_logits(responses[:, t])
-    return Rollout(responses, log_probs, mask)
+    return Rollout(responses, log_probs, mask, None if eos_token is None else ~done)
 
 
 class MLPPolicy(Policy):

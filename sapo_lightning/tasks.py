@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
 import torch
 from torch import Tensor
 
 from sapo_lightning.checks import check_choice, check_int, check_number, fail
+from sapo_lightning.seeds import EVAL_STREAMS, QUERY_STREAM, derive_seed
+
+
+class Rewards(NamedTuple):
+    """What a task's rewards are made of."""
+
+    total: Tensor  # [N] float, the reward the advantages are computed from
+    terms: dict[str, Tensor]  # name -> [N] float, each reward function's own value (NaN: does not apply)
 
 
 class Task:
     """A task draws queries and scores responses.
+
+    Queries are whatever the task's policies read: a tensor ``[n, query_dim]`` for the
+    synthetic tasks. A task samples them from a generator (:meth:`sample_queries`); a task
+    backed by a dataset overrides :meth:`train_batch`, :meth:`eval_rows` and :meth:`collate`.
 
     Attributes every task sets:
         vocab_size: Number of token ids a response may contain.
@@ -29,13 +44,38 @@ class Task:
         """``n`` queries ``[n, query_dim]``, drawn from ``generator`` alone."""
         raise NotImplementedError
 
+    def train_batch(self, index: int, batch_size: int, seed: int, rank: int, world_size: int) -> Any:
+        """The queries of training batch ``index`` of ``rank``: a pure function of the arguments."""
+        generator = torch.Generator().manual_seed(derive_seed(seed, rank, index, QUERY_STREAM))
+        return self.sample_queries(batch_size, generator)
+
+    def eval_rows(self, stage: str, size: int, seed: int) -> Sequence[Any]:
+        """The fixed ``val`` or ``test`` queries, one item per query (:meth:`collate` batches them)."""
+        generator = torch.Generator().manual_seed(derive_seed(seed, EVAL_STREAMS[stage]))
+        return list(self.sample_queries(size, generator))
+
+    def collate(self, rows: Sequence[Any]) -> Any:
+        """A batch of queries from items of :meth:`eval_rows`."""
+        return torch.stack(list(rows))
+
     def reward(self, queries: Tensor, responses: Tensor, mask: Tensor) -> Tensor:
         """Reward ``[N]`` float of responses ``[N, T]`` (mask ``[N, T]``) to queries ``[N, ...]``."""
         raise NotImplementedError
 
+    def rewards(self, queries: Any, responses: Tensor, mask: Tensor) -> Rewards:
+        """The reward and its terms (one per reward function; none for a single built-in reward)."""
+        return Rewards(self.reward(queries, responses, mask), {})
+
     def exact_match(self, queries: Tensor, responses: Tensor, mask: Tensor) -> Tensor:
         """``[N]`` bool: the response is entirely correct."""
         raise NotImplementedError
+
+    def evaluate(self, queries: Any, responses: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Per-response values ``[N]`` float that evaluation averages and logs as ``val/<name>``."""
+        return {
+            "reward": self.reward(queries, responses, mask),
+            "exact_match": self.exact_match(queries, responses, mask).float(),
+        }
 
 
 class FixedTarget(Task):
