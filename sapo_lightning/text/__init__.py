@@ -1,0 +1,1 @@
+"""Reinforcement learning on text: prompt datasets, reward functions, causal-LM policies."""
