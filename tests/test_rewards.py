@@ -62,6 +62,10 @@ def raises(prompts, completions):
     raise ValueError("bad\nthing")
 
 
+def raises_bare(prompts, completions):
+    raise KeyError
+
+
 def one_positional(prompts):
     return []
 
@@ -303,6 +307,11 @@ def test_reward_spec_fields_documented_for_the_cli():
      "reward function fixed (rewards[0]) returned -inf for completion 1"),
     ({"function": "test_rewards.fixed", "args": {"values": [1.0, "multi\nline " * 40]}},
      "reward function fixed (rewards[0]) returned 'multi\\nline"),
+    ({"function": "test_rewards.fixed", "args": {"values": [1.0, 10**400]}},
+     "reward function fixed (rewards[0]) returned inf for completion 1"),
+    ({"function": "test_rewards.fixed", "args": {"values": [1.0, "two  spaces"]}},
+     "reward function fixed (rewards[0]) returned 'two  spaces' (a str) for completion 1"),  # the value as it was
+    ({"function": "test_rewards.raises_bare"}, "reward function raises_bare (rewards[0]) raised KeyError"),
     ({"function": "test_rewards.returns_scalar"},
      "reward function returns_scalar (rewards[0]) returned 0.5 (a float); expected a list of 2 numbers or None"),
     ({"function": "test_rewards.fixed", "args": {"values": "ab"}},

@@ -168,8 +168,9 @@ class _Function:
             fail(f"{option}.args", "a mapping of argument names to values or null", args)
         args = dict(args)
         columns, all_columns = _parameters(option, spec.function, fn, args)
-        if fn in _ARG_CHECKS:
-            _ARG_CHECKS[fn](f"{option}.args", args)
+        for builtin, check_args in _ARG_CHECKS:
+            if fn is builtin:
+                check_args(f"{option}.args", args)
         return cls(option, fn, name, weight, args, columns, all_columns)
 
     def __call__(self, prompts: list[str], completions: list[str], columns: dict[str, Sequence]) -> list[float]:
@@ -184,7 +185,8 @@ class _Function:
         try:
             result = self.fn(prompts, completions, **passed, **self.args)
         except Exception as err:
-            self.error(f"raised {type(err).__name__}: {err}", err)
+            text = " ".join(str(err).split())
+            self.error(f"raised {type(err).__name__}" + (f": {text}" if text else ""), err)
         return self.read(result, len(completions))
 
     def read(self, result: Any, n: int) -> list[float]:
@@ -206,20 +208,23 @@ class _Function:
                 value = value.item()
             if not isinstance(value, (numbers.Real, np.bool_)):
                 self.error(f"returned {_short(value)} (a {type(value).__name__}) for completion {i}")
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int beyond float's range
+                value = math.inf if value > 0 else -math.inf
             if not math.isfinite(value):
                 self.error(f"returned {value} for completion {i}; rewards must be finite numbers or None")
             values.append(value)
         return values
 
     def error(self, what: str, cause: BaseException | None = None) -> None:
-        message = " ".join(f"reward function {self.name} ({self.option}) {what}".split())
+        message = " ".join(f"reward function {self.name} ({self.option}) {what}".splitlines())
         raise RewardFunctionError(message) from cause
 
 
 def _short(value: Any) -> str:
     """A short one-line repr."""
-    return " ".join(reprlib.repr(value).split())
+    return " ".join(reprlib.repr(value).splitlines())
 
 
 def _resolve(option: str, path: Any) -> Callable:
@@ -350,7 +355,7 @@ def numeric_answer(prompts: list[str], completions: list[str], answer: Sequence,
     number scores 0.0. Numbers compare exactly (``42.0``, ``42`` and ``84/2`` are equal).
     """
     rewards: list[Reward] = []
-    for completion, reference in zip(completions, answer):
+    for completion, reference in zip(completions, answer, strict=True):
         target = final_number(reference)
         rewards.append(None if target is None else float(final_number(completion) == target))
     return rewards
@@ -364,7 +369,7 @@ def exact_match(
     ``ignore_case`` (an arg) compares case-folded strings. A None reference does not apply (None).
     """
     rewards: list[Reward] = []
-    for completion, reference in zip(completions, answer):
+    for completion, reference in zip(completions, answer, strict=True):
         if reference is None:
             rewards.append(None)
             continue
@@ -405,8 +410,8 @@ def _check_exact_args(option: str, args: dict[str, Any]) -> None:
         fail(f"{option}.ignore_case", "true or false", args["ignore_case"])
 
 
-#: Checks of a built-in's args, run when RewardFunctions is built (option prefix, args).
-_ARG_CHECKS: dict[Callable, Callable[[str, dict[str, Any]], None]] = {
-    regex_format: _check_regex_args,
-    exact_match: _check_exact_args,
-}
+#: Checks of a built-in's args, run when RewardFunctions is built: (function, check(option prefix, args)).
+_ARG_CHECKS: list[tuple[Callable, Callable[[str, dict[str, Any]], None]]] = [
+    (regex_format, _check_regex_args),
+    (exact_match, _check_exact_args),
+]
