@@ -41,7 +41,9 @@ None contributes nothing, and a completion no function applies to gets total 0.
 **Built-ins.** :func:`numeric_answer` (the final number equals the reference's, compared exactly
 as numbers), :func:`exact_match` (the completion equals the reference string) and
 :func:`regex_format` (the completion matches a regular expression). Each reads its reference
-from the ``answer`` column (``regex_format`` reads none) and takes ``**_`` for the rest.
+from the ``answer`` column (``regex_format`` reads none) and takes ``**_`` for the rest; their
+args are checked when :class:`RewardFunctions` is built (an invalid pattern is a config error).
+:func:`final_number` is the answer extraction on its own.
 """
 
 from __future__ import annotations
