@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import sys
 from pathlib import Path
@@ -18,8 +19,20 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASES = ["sapo", "transformer", "hf_tiny"]  # full configs, each runs alone
 OBJECTIVES = ["grpo", "dapo", "dr_grpo", "gspo", "cispo"]  # configs/objectives/<name>.yaml
 DDP = CONFIGS / "distributed" / "ddp.yaml"
+HF = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="hf_tiny needs the [hf] extra")
+
+
+def marks(base: str) -> list:
+    return [HF] if base == "hf_tiny" else []
+
+
+def case(base: str, name: str | None = None):
+    """One (base, objective overlay) pair as a test parameter."""
+    return pytest.param(base, name, id=f"{base}+{name}" if name else base, marks=marks(base))
+
+
 # (base, objective overlay) pairs that are run; every pair is resolved
-RUNS = [(base, None) for base in BASES] + [("sapo", name) for name in OBJECTIVES] + [("transformer", "grpo"), ("hf_tiny", "cispo")]
+RUNS = [case(base) for base in BASES] + [case("sapo", name) for name in OBJECTIVES] + [case("transformer", "grpo"), case("hf_tiny", "cispo")]
 # a few quick steps: validate and save at step 2, small validation and batch for the token tasks
 QUICK = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
          "--trainer.enable_progress_bar=false", "--data.val_size=16"]
@@ -81,8 +94,7 @@ def test_the_tests_cover_every_shipped_config():
     assert shipped == covered
 
 
-@pytest.mark.parametrize("base", BASES)
-@pytest.mark.parametrize("name", OBJECTIVES)
+@pytest.mark.parametrize(("base", "name"), [case(base, name) for base in BASES for name in OBJECTIVES])
 def test_objective_overlay_resolves_to_exactly_its_objective(capsys, base, name):
     spec = yaml.safe_load(overlay(name).read_text())
     resolved = resolve(capsys, config_args(base, overlay(name)))
@@ -101,7 +113,7 @@ def test_dr_grpo_overlay_unscales_the_advantages(capsys):
     assert resolve(capsys, config_args("sapo"))["model"]["advantage_scale"] == "group"
 
 
-@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("base", [pytest.param(base, marks=marks(base)) for base in BASES])
 def test_base_config_resolves_to_sapo(capsys, base):
     objective = resolve(capsys, config_args(base))["model"]["objective"]
     assert objective["class_path"] == "sapo_lightning.objectives.SAPO"
@@ -123,7 +135,7 @@ def scalars(run: Path) -> dict[str, list[float]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("base", "name"), RUNS, ids=[f"{b}+{n}" if n else b for b, n in RUNS])
+@pytest.mark.parametrize(("base", "name"), RUNS)
 def test_config_trains_a_few_steps(tmp_path, base, name):
     overlays = [overlay(name)] if name else []
     args = ["fit", *config_args(base, *overlays), *QUICK, *SMALL_BATCH.get(base, []), "--trainer.default_root_dir", str(tmp_path)]
