@@ -1,21 +1,21 @@
 """Any Hugging Face ``transformers`` causal LM as a :class:`~sapo_lightning.policies.Policy`.
 
 Needs the ``[hf]`` extra (``pip install "sapo-lightning[hf]"``); the rest of the package never
-imports this module. ``python -m sapo_lightning.hf make-tiny DIR`` writes a tiny randomly
-initialised Llama to DIR, for trying the adapter without downloading anything.
+imports this module.
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
+import os
+from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError  # a dependency of transformers
 from torch import Tensor
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from sapo_lightning.checks import ConfigError
-from sapo_lightning.objectives import check_positive
+from sapo_lightning.checks import ConfigError, check_choice, check_positive, fail
 from sapo_lightning.policies import Policy, Rollout, Scores, check_token_queries, decode, token_scores
 from sapo_lightning.tasks import Task
 
@@ -23,7 +23,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 class HFCausalLMPolicy(Policy):
-    """A ``transformers`` causal LM, loaded with ``AutoModelForCausalLM.from_pretrained(path)``.
+    """A ``transformers`` causal LM: a saved model (``path``) or a new random one (``model_config``).
 
     The task's token t is the model's token ``token_ids[t]``; the policy is the model's
     next-token distribution restricted to those tokens (softmax over their logits, divided
@@ -37,14 +37,25 @@ class HFCausalLMPolicy(Policy):
       token of this tokenizer; the task's EOS becomes the tokenizer's EOS;
     - neither: the identity (task token t is model token t).
 
-    Updates run the model in train mode: a checkpoint whose config sets dropout (GPT-2's
-    default is 0.1) scores with dropout, so π_θ ≠ π_old even at the first update; set its
-    dropout to 0 in ``config.json`` for exact on-policy ratios (Llama-style models have none).
+    The model comes from exactly one of:
+
+    - ``path``: a local directory written by ``save_pretrained``, loaded with
+      ``AutoModelForCausalLM.from_pretrained``. Hub ids are not accepted: download the model
+      first (``hf download ID --local-dir DIR``), so a run never depends on the network;
+    - ``model_config``: a ``transformers`` config as a mapping, ``model_type`` (``llama``,
+      ``gpt2``, ...) and that config's fields, built with ``AutoConfig.for_model`` and
+      ``AutoModelForCausalLM.from_config``: randomly initialised from the global torch seed
+      (the run's ``seed_everything``), no file needed.
+
+    Updates run the model in train mode: a config that sets dropout (GPT-2's default is 0.1)
+    scores with dropout, so π_θ ≠ π_old even at the first update; set its dropout to 0 for
+    exact on-policy ratios (Llama-style models have none).
 
     Args:
         task: Token-query task; sets the vocabulary, max_new_tokens and EOS.
-        path: Directory of a model saved with ``save_pretrained`` (or a hub id, when online).
-        tokenizer: Directory (or hub id) of a tokenizer to map task tokens by their text.
+        path: Local directory of a model saved with ``save_pretrained``.
+        model_config: ``transformers`` config of a new random model: ``model_type`` and its fields.
+        tokenizer: Local directory of a tokenizer to map task tokens by their text.
         token_ids: Model token id of each task token, ``task.vocab_size`` distinct ids.
         temperature: Sampling temperature (> 0); log-probs are those of the tempered softmax.
         dtype: Parameter dtype: float32, bfloat16 or float16.
@@ -56,7 +67,8 @@ class HFCausalLMPolicy(Policy):
     def __init__(
         self,
         task: Task,
-        path: str,
+        path: str | None = None,
+        model_config: dict[str, Any] | None = None,
         tokenizer: str | None = None,
         token_ids: list[int] | None = None,
         temperature: float = 1.0,
@@ -66,14 +78,24 @@ class HFCausalLMPolicy(Policy):
     ) -> None:
         super().__init__()
         check_token_queries("HFCausalLMPolicy", task)
-        if dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        check_choice("dtype", dtype, DTYPES)
         self.temperature = check_positive("temperature", temperature)
+        if (path is None) == (model_config is None):
+            raise ConfigError(
+                f"exactly one of path and model_config must be given; got path={path!r}, model_config={model_config!r}"
+            )
+        if tokenizer is not None and not os.path.isdir(tokenizer):
+            fail("tokenizer", "an existing tokenizer directory (written by save_pretrained)", tokenizer)
         self.query_len = task.query_dim
         self.max_new_tokens = task.response_len
         self.eos_token = task.eos_token
         self.stop_when_done = stop_when_done
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        if path is not None:
+            if not os.path.isdir(path):
+                fail("path", "an existing model directory (written by save_pretrained; download a hub model first)", path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        else:
+            self.model = AutoModelForCausalLM.from_config(_model_config(model_config), dtype=getattr(torch, dtype))
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         model_vocab = self.model.get_output_embeddings().weight.shape[0]
@@ -81,16 +103,13 @@ class HFCausalLMPolicy(Policy):
             token_ids = _token_ids_from_tokenizer(task, tokenizer)
         if token_ids is None:
             if task.vocab_size > model_vocab:
-                raise ConfigError(
-                    f"task vocab_size must be <= the model's vocabulary ({model_vocab}) when token ids are "
-                    f"used directly; got {task.vocab_size}"
-                )
+                fail("task vocab_size", f"<= the model's vocabulary ({model_vocab}) when token_ids is not given",
+                     task.vocab_size)
             token_ids = list(range(task.vocab_size))
         if len(token_ids) != task.vocab_size or len(set(token_ids)) != len(token_ids):
-            raise ConfigError(f"token_ids must hold task vocab_size={task.vocab_size} distinct ids; got {len(token_ids)}")
-        bad = [i for i in token_ids if not isinstance(i, int) or not 0 <= i < model_vocab]
-        if bad:
-            raise ConfigError(f"token_ids must be integers in [0, {model_vocab}); got {bad}")
+            fail("token_ids", f"{task.vocab_size} distinct ids, one per task token", token_ids)
+        if any(not isinstance(i, int) or not 0 <= i < model_vocab for i in token_ids):
+            fail("token_ids", f"integers in [0, {model_vocab})", token_ids)
         identity = token_ids == list(range(model_vocab))
         # model id of each task token [V]; None when the two vocabularies are the same
         self.register_buffer("vocab", None if identity else torch.tensor(token_ids), persistent=False)
@@ -133,61 +152,41 @@ class HFCausalLMPolicy(Policy):
         return token_scores(self._restrict(logits) / self.temperature, responses)
 
 
+def _model_config(spec: Any) -> Any:
+    """The ``transformers`` config a ``model_config`` mapping describes; unknown fields are refused."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("model_type"), str):
+        fail("model_config", "a mapping with a model_type (llama, gpt2, ...) and that config's fields", spec)
+    fields = {key: value for key, value in spec.items() if key != "model_type"}
+    try:
+        default = AutoConfig.for_model(spec["model_type"])
+    except ValueError:
+        fail("model_config.model_type", "a transformers model type (llama, gpt2, ...)", spec["model_type"])
+    # a config stores unknown keys silently: a misspelt field would leave its default in place
+    known = set(default.to_dict()) | set(default.attribute_map) | {"attn_implementation"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        fail("model_config fields", f"fields of a {spec['model_type']} config", unknown)
+    try:
+        return AutoConfig.for_model(spec["model_type"], **fields)
+    except (ValueError, TypeError, StrictDataclassError) as err:  # the config class validates its fields
+        fail("model_config", f"a valid {spec['model_type']} config ({' '.join(str(err).split())})", fields)
+
+
 def _token_ids_from_tokenizer(task: Task, path: str) -> list[int]:
     texts = getattr(task, "token_texts", None)
     if texts is None:
-        raise ConfigError(f"tokenizer needs a task with token_texts; {type(task).__name__} has none (give token_ids)")
+        fail("tokenizer", f"null for task {type(task).__name__}, which has no token texts (give token_ids)", path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     ids = []
     for token, text in enumerate(texts):
         if text is None:
             if tokenizer.eos_token_id is None:
-                raise ConfigError(f"tokenizer must define an EOS token for task token {token} (EOS)")
+                fail("tokenizer", f"a tokenizer with an EOS token, for task token {token} (EOS)", path)
             ids.append(tokenizer.eos_token_id)
             continue
         encoded = tokenizer.encode(text, add_special_tokens=False)
         if len(encoded) != 1:
-            raise ConfigError(
-                f"tokenizer must spell task token {token} ({text!r}) as exactly one token; got {len(encoded)} "
-                "(give token_ids instead)"
-            )
+            requirement = f"a tokenizer that spells task token {token} ({text!r}) as one token (else give token_ids)"
+            fail("tokenizer", requirement, tokenizer.convert_ids_to_tokens(encoded))
         ids.append(encoded[0])
     return ids
-
-
-def make_tiny(
-    directory: str, vocab_size: int, n_layer: int = 2, d_model: int = 64, n_head: int = 2, max_len: int = 128, seed: int = 0
-) -> None:
-    """Save a randomly initialised Llama with these sizes to ``directory`` (``save_pretrained``)."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        intermediate_size=4 * d_model,
-        num_hidden_layers=n_layer,
-        num_attention_heads=n_head,
-        num_key_value_heads=n_head,
-        max_position_embeddings=max_len,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
-
-
-def main(args: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sapo_lightning.hf")
-    commands = parser.add_subparsers(dest="command", required=True)
-    tiny = commands.add_parser("make-tiny", help="write a tiny random Llama to DIR (no download)")
-    tiny.add_argument("directory", metavar="DIR")
-    tiny.add_argument("--vocab-size", type=int, default=11, help="token ids (default 11: Reverse/Copy with 8 symbols)")
-    tiny.add_argument("--n-layer", type=int, default=2)
-    tiny.add_argument("--d-model", type=int, default=64)
-    tiny.add_argument("--n-head", type=int, default=2)
-    tiny.add_argument("--max-len", type=int, default=128, help="longest prompt + response")
-    tiny.add_argument("--seed", type=int, default=0)
-    ns = parser.parse_args(args)
-    make_tiny(ns.directory, ns.vocab_size, ns.n_layer, ns.d_model, ns.n_head, ns.max_len, ns.seed)
-    print(f"wrote a tiny random Llama to {ns.directory}")
-
-
-if __name__ == "__main__":
-    main()

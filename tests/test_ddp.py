@@ -19,7 +19,7 @@ STEPS, UPDATES, EVERY = 60, 2, 10
 def test_ddp_two_ranks_agree_and_solve(tmp_path):
     probe = tmp_path / "probe"
     command = [
-        sys.executable, "-m", "sapo_lightning", "fit", f"--config={ROOT / 'configs' / 'ddp.yaml'}",
+        sys.executable, "-m", "sapo_lightning", "fit", f"--config={ROOT / 'configs' / 'sapo.yaml'}", f"--config={ROOT / 'configs' / 'ddp.yaml'}",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.max_steps={STEPS}",
         f"--model.updates_per_rollout={UPDATES}",  # several backward passes per training_step under DDP
         "--model.optimizer.init_args.lr=0.01", f"--sync.every_n_steps={EVERY}",

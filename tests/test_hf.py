@@ -1,5 +1,6 @@
-"""HFCausalLMPolicy on tiny random models saved to disk and loaded with from_pretrained (no download)."""
+"""HFCausalLMPolicy on tiny random models, built from a config or loaded from a directory (no download)."""
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,15 @@ transformers = pytest.importorskip("transformers")
 import huggingface_hub.constants  # a dependency of transformers
 
 from sapo_lightning.checks import ConfigError
+from sapo_lightning.cli import main
 from sapo_lightning.hf import HFCausalLMPolicy
-from sapo_lightning.hf import main as hf_main
-from sapo_lightning.tasks import ModularAddition, Reverse
+from sapo_lightning.tasks import Copy, ModularAddition, Reverse
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hf_tiny.yaml"
+
+# a tiny Llama with a 16-token vocabulary, as HFCausalLMPolicy's model_config
+LLAMA = {"model_type": "llama", "vocab_size": 16, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
 
 
 @pytest.fixture(autouse=True)
@@ -25,10 +30,11 @@ def offline(monkeypatch):
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A tiny Llama (via the make-tiny helper) and a tiny GPT-2, both with a 16-token vocabulary."""
+    """A tiny Llama and a tiny GPT-2, both with a 16-token vocabulary, saved with save_pretrained."""
     root = tmp_path_factory.mktemp("hf")
-    hf_main(["make-tiny", str(root / "llama"), "--vocab-size", "16", "--d-model", "32"])
     torch.manual_seed(0)
+    fields = {k: v for k, v in LLAMA.items() if k != "model_type"}
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields)).save_pretrained(root / "llama")
     gpt2 = transformers.GPT2Config(vocab_size=16, n_positions=32, n_embd=32, n_layer=2, n_head=2)
     transformers.GPT2LMHeadModel(gpt2).save_pretrained(root / "gpt2")
     return {"llama": str(root / "llama"), "gpt2": str(root / "gpt2")}
@@ -60,7 +66,6 @@ def test_log_probs_round_trip_against_the_models_forward(models, arch):
 def test_identity_map_is_the_full_model_distribution(models):
     task = Reverse(length=3, num_symbols=13)  # 16 task tokens = the model's vocabulary
     policy = HFCausalLMPolicy(task, models["llama"]).eval()
-    assert policy.vocab is None
     queries = task.sample_queries(8, torch.Generator().manual_seed(0))
     out = policy.sample(queries, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -77,19 +82,48 @@ def test_tokenizer_maps_task_tokens_by_text(models, tmp_path):
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
     tokenizer.save_pretrained(tmp_path)
-    policy = HFCausalLMPolicy(ModularAddition(num_digits=1), models["llama"], tokenizer=str(tmp_path))
-    # task tokens: EOS, SEP "=", PLUS "+", digits "0".."9"
-    assert policy.vocab.tolist() == [0, 3, 2] + list(range(4, 14))
+    task = ModularAddition(num_digits=1)
+    policy = HFCausalLMPolicy(task, models["llama"], tokenizer=str(tmp_path)).eval()
+    # task tokens EOS, SEP "=", PLUS "+", digits "0".."9" are the words <eos>, =, +, 0..9
+    by_text = torch.tensor([0, 3, 2] + list(range(4, 14)))
+    queries = task.sample_queries(16, torch.Generator().manual_seed(0))
+    out = policy.sample(queries, torch.Generator().manual_seed(0))
+    assert out.responses.min() >= 0 and out.responses.max() < task.vocab_size  # task token ids
+    with torch.no_grad():
+        expected = model_log_softmax(policy, queries, out.responses, by_text, 1.0)
+    torch.testing.assert_close(policy.score(queries, out.responses).log_probs, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_model_config_builds_a_random_model_from_the_seed(tmp_path):
+    task = Copy(length=3, num_symbols=8)  # 11 task tokens of the 16-token model
+    torch.manual_seed(1)
+    policy = HFCausalLMPolicy(task, model_config={**LLAMA, "eos_token_id": 0}).eval()
+    torch.manual_seed(1)
+    again = HFCausalLMPolicy(task, model_config=LLAMA)
+    torch.manual_seed(2)
+    other = HFCausalLMPolicy(task, model_config=LLAMA)
+    weights = [torch.cat([p.flatten() for p in m.model.parameters()]) for m in (policy, again, other)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    config = policy.model.config
+    assert (type(config).__name__, config.vocab_size, config.hidden_size, config.eos_token_id) == ("LlamaConfig", 16, 32, 0)
+    # saved and loaded back with path, it is the same policy
+    policy.model.save_pretrained(tmp_path)
+    loaded = HFCausalLMPolicy(task, path=str(tmp_path)).eval()
+    queries = task.sample_queries(8, torch.Generator().manual_seed(0))
+    out = policy.sample(queries, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(queries, out.responses).log_probs, policy.score(queries, out.responses).log_probs)
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"token_ids": [0, 1, 2]}, "token_ids must hold task vocab_size=13 distinct ids"),
-        ({"token_ids": [0] * 13}, "distinct"),
-        ({"token_ids": list(range(4, 17))}, r"token_ids must be integers in \[0, 16\)"),
-        ({"dtype": "float64"}, "dtype must be one of"),
-        ({"temperature": -1.0}, "temperature must be"),
+        ({"token_ids": [0, 1, 2]}, r"token_ids must be 13 distinct ids, one per task token; got \[0, 1, 2\]"),
+        ({"token_ids": [0] * 13}, "token_ids must be 13 distinct ids"),
+        ({"token_ids": list(range(4, 17))}, r"token_ids must be integers in \[0, 16\); got \[4, "),
+        ({"dtype": "float64"}, "dtype must be one of float32, bfloat16, float16; got 'float64'"),
+        ({"temperature": -1.0}, "temperature must be a finite number > 0; got -1.0"),
+        ({"tokenizer": "/no/such/tokenizer"}, "tokenizer must be an existing tokenizer directory .*; got '/no/such/tokenizer'"),
     ],
 )
 def test_bad_arguments(models, kwargs, match):
@@ -97,18 +131,40 @@ def test_bad_arguments(models, kwargs, match):
         HFCausalLMPolicy(ModularAddition(num_digits=1), models["llama"], **kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({}, "exactly one of path and model_config must be given; got path=None, model_config=None"),
+        ({"path": "DIR", "model_config": LLAMA}, "exactly one of path and model_config must be given; got path='DIR'"),
+        ({"path": "/no/such/model"}, "path must be an existing model directory .*; got '/no/such/model'"),
+        ({"path": "meta-llama/Llama-3.2-1B"}, "path must be an existing model directory"),  # hub ids: download first
+        ({"model_config": {"vocab_size": 16}}, "model_config must be a mapping with a model_type"),
+        ({"model_config": {"model_type": "nope"}}, "model_config.model_type must be a transformers model type .*; got 'nope'"),
+        ({"model_config": {**LLAMA, "hiden_size": 8}}, r"model_config fields must be fields of a llama config; got \['hiden_size'\]"),
+        ({"model_config": {**LLAMA, "hidden_size": 33}}, "model_config must be a valid llama config .*not a multiple"),
+    ],
+    ids=["neither", "both", "missing-dir", "hub-id", "no-model-type", "unknown-type", "misspelt-field", "invalid"],
+)
+def test_bad_model_source(models, kwargs, match):
+    kwargs = {k: models["llama"] if v == "DIR" else v for k, v in kwargs.items()}
+    match = match.replace("'DIR'", repr(models["llama"]))
+    with pytest.raises(ConfigError, match=match):
+        HFCausalLMPolicy(Reverse(num_symbols=8), **kwargs)
+
+
 def test_task_vocabulary_larger_than_the_model_is_refused(models):
-    with pytest.raises(ConfigError, match=r"vocab_size must be <= the model's vocabulary \(16\)"):
+    with pytest.raises(ConfigError, match=r"task vocab_size must be <= the model's vocabulary \(16\) .*; got 17"):
         HFCausalLMPolicy(Reverse(num_symbols=14), models["llama"])
 
 
-def test_hf_tiny_config_trains_through_the_cli(tmp_path):
-    from sapo_lightning.cli import main
-
-    hf_main(["make-tiny", str(tmp_path / "model")])
-    main(["fit", "--config", str(CONFIG), f"--model.policy.init_args.path={tmp_path / 'model'}",
-          "--trainer.max_steps=2", "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar=false",
-          "--trainer.val_check_interval=2", "--data.val_size=16", "--data.batch_size=4"])
-    state = torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
-    assert state["global_step"] == 2
-    assert "policy.model.model.embed_tokens.weight" in state["state_dict"]
+def test_missing_model_directory_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["sapo-lightning"])
+    missing = tmp_path / "no-model"
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(CONFIG), "--model.policy.init_args.model_config=null",
+              f"--model.policy.init_args.path={missing}", "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sapo-lightning: error: path must be an existing model directory"), err
+    assert f"got '{missing}'" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
