@@ -2,6 +2,7 @@
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,8 @@ def test_long_prompts_are_dropped_and_counted_never_truncated(tmp_path, ascii_di
         ("missing_file", "train_file must be a JSONL, JSON, CSV or Parquet file"),
         ("missing_val_file", "val_file must be a JSONL"),
         ("unknown_suffix", "train_file must be a JSONL"),
+        ("malformed", "train_file must be a readable JSON file (JSON parse error"),
+        ("empty", "test_file must be a file with at least one row"),
         ("missing_column", "prompt_column must be a column of train_file (its columns: question); got 'prompt'"),
         ("unknown_role", "train_file row 1 prompt message 0 role must be one of system, user, assistant, tool; got 'bot'"),
         ("missing_tokenizer", "tokenizer must be a local tokenizer directory"),
@@ -176,6 +179,12 @@ def test_bad_input_is_a_config_error_naming_the_option(tmp_path, ascii_dir, case
     elif case == "unknown_suffix":
         (tmp_path / "p.txt").write_text("hello\n")
         args["train_file"] = str(tmp_path / "p.txt")
+    elif case == "malformed":
+        (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{bad\n')
+        args["train_file"] = str(tmp_path / "bad.jsonl")
+    elif case == "empty":
+        (tmp_path / "empty.csv").write_text("")
+        args["test_file"] = str(tmp_path / "empty.csv")
     elif case == "missing_column":
         args["train_file"] = write(tmp_path / "q.jsonl", [{"question": "hi"}])
     elif case == "unknown_role":
@@ -193,6 +202,21 @@ def test_bad_input_is_a_config_error_naming_the_option(tmp_path, ascii_dir, case
     with pytest.raises(ConfigError) as error:
         PromptDataset(**args)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_malformed_file_logs_nothing_before_its_error(tmp_path, ascii_dir):
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("datasets")  # datasets logs parse errors here, to stderr, before raising
+    logger.addHandler(handler)
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{bad\n')
+    try:
+        with pytest.raises(ConfigError, match="train_file must be a readable JSON file"):
+            PromptDataset(str(tmp_path / "bad.jsonl"), ascii_dir, 64)
+    finally:
+        logger.removeHandler(handler)
+    assert records == []  # the CLI prints the ConfigError as the one line
 
 
 def test_eos_pads_when_the_tokenizer_has_no_pad_token(tmp_path):

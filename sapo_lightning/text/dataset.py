@@ -35,14 +35,21 @@ def _require(module: str) -> Any:
         raise ConfigError(f"PromptDataset needs {module}: pip install 'sapo-lightning[hf]'") from err
 
 
+def _first_line(err: BaseException) -> str:
+    """What went wrong, in one line: errors print as one line."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 @contextmanager
 def _quiet(datasets: Any) -> Iterator[None]:
-    """No "Generating train split" progress bars while reading a file."""
-    enabled = datasets.is_progress_bar_enabled()
+    """No progress bars or logged errors while reading a file: its errors become one ConfigError."""
+    enabled, verbosity = datasets.is_progress_bar_enabled(), datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if enabled:
             datasets.enable_progress_bars()
 
@@ -61,6 +68,8 @@ def read_columns(option: str, path: str) -> dict[str, list]:
     builder = BUILDERS.get(os.path.splitext(path)[1].lower())
     if builder is None or not os.path.isfile(path):
         fail(option, FILES, path)
+    if os.path.getsize(path) == 0:
+        fail(option, "a file with at least one row", path)
     # the builder writes Arrow files to cache_dir; a temporary one keeps ~/.cache clean
     with tempfile.TemporaryDirectory() as cache, _quiet(datasets):
         try:
@@ -68,8 +77,7 @@ def read_columns(option: str, path: str) -> dict[str, list]:
                 builder, data_files=os.path.abspath(path), split="train", cache_dir=cache, keep_in_memory=True
             )
         except Exception as err:  # parsers raise many types: DatasetGenerationError, ArrowInvalid, StopIteration
-            reason = str(err.__cause__ or err).splitlines()[0] if str(err.__cause__ or err) else type(err).__name__
-            fail(option, f"a readable {builder.upper()} file ({reason})", path)
+            fail(option, f"a readable {builder.upper()} file ({_first_line(err.__cause__ or err)})", path)
         return data.to_dict()
 
 
@@ -81,7 +89,7 @@ def load_tokenizer(path: str) -> Any:
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        fail("tokenizer", f"a directory with a saved tokenizer ({str(err).splitlines()[0]})", path)
+        fail("tokenizer", f"a directory with a saved tokenizer ({_first_line(err)})", path)
     if tokenizer.eos_token_id is None:
         fail("tokenizer", "a tokenizer with an EOS token (responses end with it)", path)
     if tokenizer.pad_token_id is None:
@@ -157,7 +165,7 @@ class PromptDataset:
         else:
             self.val_rows = self._load("val_file", val_file)
         self.test_rows = self.val_rows if test_file is None else self._load("test_file", test_file)
-        self._permutations: dict[tuple[int, int], list[int]] = {}  # (seed, epoch) -> order, the last two used
+        self._permutations: dict[tuple[int, int], list[int]] = {}  # (seed, epoch) -> order, the two latest drawn
 
     # -- loading -----------------------------------------------------------------------------
     def _load(self, option: str, path: str) -> list[dict]:
