@@ -162,7 +162,10 @@ def test_long_prompts_are_dropped_and_counted_never_truncated(tmp_path, ascii_di
         ("malformed", "train_file must be a readable JSON file (JSON parse error"),
         ("empty", "test_file must be a file with at least one row"),
         ("missing_column", "prompt_column must be a column of train_file (its columns: question); got 'prompt'"),
-        ("unknown_role", "train_file row 1 prompt message 0 role must be one of system, user, assistant, tool; got 'bot'"),
+        (
+            "unknown_role",
+            "train_file row 1 prompt message 0 role must be one of system, user, assistant, tool; got 'bot'",
+        ),
         ("missing_tokenizer", "tokenizer must be a local tokenizer directory"),
         ("no_eos", "tokenizer must be a tokenizer with an EOS token"),
         ("no_template", "tokenizer must be a tokenizer with a chat template (prompts are chat messages)"),
@@ -292,7 +295,8 @@ def test_batches_crossing_epochs_continue_the_ranks_stream(eleven, world):
 def test_an_empty_share_is_refused(tmp_path, ascii_dir):
     path = write(tmp_path / "p.jsonl", ROWS[:2])
     data = PromptDataset(path, ascii_dir, 64, val_file=path)
-    with pytest.raises(ConfigError, match=r"train_file must be at least one training prompt per rank \(world_size=3\)"):
+    message = r"train_file must be a file with at least world_size=3 training prompts.*; got 2"
+    with pytest.raises(ConfigError, match=message):
         data.train_batch(0, 1, 0, 0, 3)
 
 

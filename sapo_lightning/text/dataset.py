@@ -247,7 +247,8 @@ class PromptDataset:
         """Training batch ``index`` of ``rank``: a pure function of the arguments."""
         share = len(self.train_rows) // world_size  # rows per rank and epoch; the rest sit the epoch out
         if share == 0:
-            fail("train_file", f"at least one training prompt per rank (world_size={world_size})", len(self.train_rows))
+            need = f"a file with at least world_size={world_size} training prompts, one per rank (after filtering)"
+            fail("train_file", need, len(self.train_rows))
         rows = []
         for position in range(index * batch_size, (index + 1) * batch_size):
             epoch, offset = divmod(position, share)
