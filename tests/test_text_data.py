@@ -275,6 +275,8 @@ def test_ranks_take_disjoint_equal_shares_of_each_epoch(eleven):
         shares = [eleven.train_batch(epoch, share, seed=4, rank=r, world_size=world).texts for r in range(world)]
         seen = [t for s in shares for t in s]
         assert len(seen) == len(set(seen)) == world * share  # disjoint, 9 of the 11 rows
+        order = eleven.train_batch(epoch, 11, seed=4, rank=0, world_size=1).texts  # the epoch's permutation
+        assert shares == [order[r::world][:share] for r in range(world)]  # rank r: every 3rd from r
 
 
 def test_each_epoch_is_a_new_permutation(eleven):
