@@ -19,6 +19,7 @@ from sapo_lightning.checkpointing import RunCheckpoint, find_last
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.module import RLModule
+from sapo_lightning.text.rewards import RewardFunctionError
 
 #: What every run gets unless the config says otherwise: see :class:`RunCheckpoint`.
 CHECKPOINT_DEFAULTS = {
@@ -109,6 +110,12 @@ def main(args: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": False},
         )
     except (ConfigError, ArgumentError) as err:
-        message = " ".join(str(err).split())
-        print(f"sapo-lightning: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _exit_with(err, 2)
+    except RewardFunctionError as err:  # the user's code failed mid-run; the checkpoints written so far stay
+        _exit_with(err, 1)
+
+
+def _exit_with(err: Exception, status: int) -> None:
+    message = " ".join(str(err).split())
+    print(f"sapo-lightning: error: {message}", file=sys.stderr)
+    raise SystemExit(status) from None

@@ -169,7 +169,7 @@ class RLModule(LightningModule):
         for name, value in values.items():
             key = f"{stage}/{name}"
             if key not in self.eval_metrics:  # a task's names are known at its first evaluation
-                self.eval_metrics[key] = MeanMetric().to(self.device)
+                self.eval_metrics[key] = MeanMetric(nan_strategy="ignore").to(self.device)  # NaN: does not apply
             self.eval_metrics[key].update(value)
             self.log(key, self.eval_metrics[key], on_epoch=True, prog_bar=name in ("reward", "exact_match"),
                      metric_attribute=f"eval_metrics.{key}")
