@@ -1,8 +1,9 @@
 """Steps and wall time for a shipped config to solve its task, as a user runs it.
 
     python benchmarks/solve.py configs/sapo.yaml [more configs...] [--repeats 3]
+    python benchmarks/solve.py configs/sapo.yaml+configs/objectives/grpo.yaml   # a base and its overlay
 
-Runs ``sapo-lightning fit --config CONFIG`` in a fresh process (imports and start-up included,
+Runs ``sapo-lightning fit --config CONFIG`` (one ``--config`` per ``+``-joined file) in a fresh process (imports and start-up included,
 as a user sees it), then reads the TensorBoard events: the first validation step with
 ``val/exact_match`` = 1.0 and the final value. Prints one Markdown row per config.
 """
@@ -27,7 +28,8 @@ def run(config: str) -> tuple[float, int | None, float]:
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "sapo_lightning", "fit", "--config", config, "--trainer.default_root_dir", root,
+            [sys.executable, "-m", "sapo_lightning", "fit", *(f"--config={part}" for part in config.split("+")),
+             "--trainer.default_root_dir", root,
              "--trainer.enable_progress_bar=false"],
             check=True, capture_output=True,
         )
