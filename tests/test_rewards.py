@@ -19,7 +19,7 @@ from jsonargparse import ArgumentParser
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.text import rewards as rewards_module
 from sapo_lightning.text.rewards import (
-    RewardFunctionError, RewardFunctions, RewardSpec, exact_match, final_number, numeric_answer, regex_format,
+    RewardFunctionError, RewardFunctions, RewardSpec, char_match, exact_match, final_number, numeric_answer, regex_format,
 )
 
 BUILTIN = "sapo_lightning.text.rewards."
@@ -132,6 +132,12 @@ def test_exact_match():
     answer = ["Paris", "Paris", "Paris", None]
     assert exact_match([""] * 4, completions, answer) == [1.0, 0.0, 0.0, None]
     assert exact_match([""] * 4, completions, answer, ignore_case=True) == [1.0, 1.0, 0.0, None]
+
+
+def test_char_match_gives_partial_credit_and_full_marks_only_when_exact():
+    completions = ["cba", "cbx", "cbaaaa", "c", " cba\n", "", "x"]
+    answer = ["cba", "cba", "cba", "cba", "cba", "", None]
+    assert char_match([""] * 7, completions, answer) == [1.0, 2 / 3, 3 / 6, 1 / 3, 1.0, 1.0, None]
 
 
 def test_regex_format_full_and_search():

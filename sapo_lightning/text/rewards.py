@@ -39,8 +39,9 @@ logged as ``train/rewards/<name>``. The total reward, from which advantages are 
 None contributes nothing, and a completion no function applies to gets total 0.
 
 **Built-ins.** :func:`numeric_answer` (the final number equals the reference's, compared exactly
-as numbers), :func:`exact_match` (the completion equals the reference string) and
-:func:`regex_format` (the completion matches a regular expression). Each reads its reference
+as numbers), :func:`exact_match` (the completion equals the reference string), :func:`char_match`
+(partial credit: the share of characters right) and :func:`regex_format` (the completion matches a
+regular expression). Each reads its reference
 from the ``answer`` column (``regex_format`` reads none) and takes ``**_`` for the rest; their
 args are checked when :class:`RewardFunctions` is built (an invalid pattern is a config error).
 :func:`final_number` is the answer extraction on its own.
@@ -66,7 +67,8 @@ from sapo_lightning.checks import ConfigError, check_number, fail
 from sapo_lightning.tasks import Rewards
 
 __all__ = [
-    "RewardFunctionError", "RewardFunctions", "RewardSpec", "exact_match", "final_number", "numeric_answer",
+    "RewardFunctionError", "RewardFunctions", "RewardSpec", "char_match", "exact_match", "final_number",
+    "numeric_answer",
     "regex_format",
 ]
 
@@ -377,6 +379,24 @@ def exact_match(
             continue
         a, b = completion.strip(), str(reference).strip()
         rewards.append(float(a.casefold() == b.casefold() if ignore_case else a == b))
+    return rewards
+
+
+def char_match(prompts: list[str], completions: list[str], answer: Sequence, **_: Any) -> list[Reward]:
+    """Partial credit for a short string answer: the share of positions right, 1.0 only when exact.
+
+    With c the completion and a the reference (both stripped), the reward is
+    ``sum(c[i] == a[i]) / max(len(c), len(a))``: every right character counts, and characters
+    past the reference's length (a completion that does not stop) lower it. A None reference
+    does not apply (None); an empty completion and reference score 1.0.
+    """
+    rewards: list[Reward] = []
+    for completion, reference in zip(completions, answer, strict=True):
+        if reference is None:
+            rewards.append(None)
+            continue
+        c, a = completion.strip(), str(reference).strip()
+        rewards.append(sum(x == y for x, y in zip(c, a)) / max(len(c), len(a)) if (c or a) else 1.0)
     return rewards
 
 
