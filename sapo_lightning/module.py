@@ -105,7 +105,7 @@ class RLModule(LightningModule):
     # -- training ------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         queries = batch["queries"].repeat_interleave(self.group_size, 0)  # [N, ...], N = B * G
-        generator = torch.Generator(device=queries.device).manual_seed(batch["seed"])
+        generator = torch.Generator(device=self.device).manual_seed(batch["seed"])
         with torch.no_grad():
             rollout = self.old_policy.sample(queries, generator)  # [N, T] each, log-probs of π_old
             rewards = self.task.rewards(queries, rollout.responses, rollout.mask)  # total [N], terms [N] each
