@@ -137,7 +137,8 @@ def test_exact_match():
 def test_char_match_gives_partial_credit_and_full_marks_only_when_exact():
     completions = ["cba", "cbx", "cbaaaa", "c", " cba\n", "", "x"]
     answer = ["cba", "cba", "cba", "cba", "cba", "", None]
-    assert char_match([""] * 7, completions, answer) == [1.0, 2 / 3, 3 / 6, 1 / 3, 1.0, 1.0, None]
+    # (characters right + [same length]) / (longer length + 1)
+    assert char_match([""] * 7, completions, answer) == [1.0, 3 / 4, 3 / 7, 1 / 4, 1.0, 1.0, None]
 
 
 def test_regex_format_full_and_search():

@@ -383,12 +383,12 @@ def exact_match(
 
 
 def char_match(prompts: list[str], completions: list[str], answer: Sequence, **_: Any) -> list[Reward]:
-    """Partial credit for a short string answer: the share of positions right, 1.0 only when exact.
+    """Partial credit for a short string answer: the share of positions right, the end counting as one.
 
     With c the completion and a the reference (both stripped), the reward is
-    ``sum(c[i] == a[i]) / max(len(c), len(a))``: every right character counts, and characters
-    past the reference's length (a completion that does not stop) lower it. A None reference
-    does not apply (None); an empty completion and reference score 1.0.
+    ``(sum(c[i] == a[i]) + [len(c) == len(a)]) / (max(len(c), len(a)) + 1)``: every right character
+    counts, so does stopping at the right length, and characters past the reference's length (a
+    completion that does not stop) lower it; 1.0 only when exact. A None reference does not apply.
     """
     rewards: list[Reward] = []
     for completion, reference in zip(completions, answer, strict=True):
@@ -396,7 +396,8 @@ def char_match(prompts: list[str], completions: list[str], answer: Sequence, **_
             rewards.append(None)
             continue
         c, a = completion.strip(), str(reference).strip()
-        rewards.append(sum(x == y for x, y in zip(c, a)) / max(len(c), len(a)) if (c or a) else 1.0)
+        right = sum(x == y for x, y in zip(c, a)) + (len(c) == len(a))
+        rewards.append(right / (max(len(c), len(a)) + 1))
     return rewards
 
 
