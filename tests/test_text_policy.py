@@ -197,7 +197,8 @@ def test_greedy_takes_the_argmax_with_its_log_prob_under_the_sampling_distributi
         ({"temperature": 0.0}, "temperature must be a finite number > 0; got 0.0"),
         ({"model_config": None, "path": "/no/such/model"}, "path must be an existing model directory .*; got '/no/such/model'"),
         ({"model_config": {**LLAMA, "vocab_size": 50}},
-         r"the tokenizer's size must be <= the model's vocabulary \(50\), one logit per token id; got 101"),
+         r"the model's vocabulary must be >= the tokenizer's 101 ids \(data.task.tokenizer\), one logit per token id; "
+         "got 50"),
     ],
     ids=["top_p-0", "top_p-1.5", "top_k", "temperature", "missing-dir", "small-vocab"],
 )

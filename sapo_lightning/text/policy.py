@@ -79,8 +79,8 @@ class CausalLMPolicy(Policy):
         self.tokenizer = task.tokenizer
         model_vocab = self.model.get_output_embeddings().weight.shape[0]
         if len(self.tokenizer) > model_vocab:
-            fail("the tokenizer's size", f"<= the model's vocabulary ({model_vocab}), one logit per token id",
-                 len(self.tokenizer))
+            fail("the model's vocabulary", f">= the tokenizer's {len(self.tokenizer)} ids (data.task.tokenizer), "
+                 "one logit per token id", model_vocab)
         self.max_new_tokens = task.response_len
         self.pad_id = self.tokenizer.pad_token_id
         self.stop_when_done = stop_when_done
