@@ -105,8 +105,3 @@ def test_a_policy_that_cannot_export_is_one_line(tmp_path, capsys):
                                              "'HFCausalLMPolicy'\n")
     assert not (tmp_path / "out").exists()
 
-
-def test_export_is_a_listed_subcommand(capsys):
-    main(["--help"])
-    lines = [line.split(None, 1) for line in capsys.readouterr().out.splitlines()]
-    assert ["export", "write the trained policy as a transformers model and tokenizer"] in lines
