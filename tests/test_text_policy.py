@@ -231,3 +231,13 @@ def test_export_loads_with_plain_transformers_and_generates_the_policys_greedy_c
     config = model.generation_config  # generate() defaults to the policy's sampling distribution
     assert (config.do_sample, config.temperature, config.top_k, config.top_p) == (True, 0.7, 40, 0.95)
     assert (config.eos_token_id, config.pad_token_id, config.max_new_tokens) == ([EOS, NEWLINE], PAD, 12)
+
+
+def test_a_bfloat16_model_samples_and_scores_in_float32(task):
+    policy = make_policy(task, dtype="bfloat16", top_p=0.9)
+    assert policy.model.dtype == torch.bfloat16
+    queries = prompts(task, TEXTS)
+    rollout = policy.sample(queries, torch.Generator().manual_seed(0))
+    scores = policy.score(queries, rollout.responses)
+    assert rollout.log_probs.dtype == scores.log_probs.dtype == scores.entropy.dtype == torch.float32
+    assert rollout.log_probs[rollout.mask].isfinite().all()  # score's may not be: see the truncation boundary
