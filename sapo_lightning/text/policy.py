@@ -35,10 +35,12 @@ class CausalLMPolicy(Policy):
     logits), in one forward pass over prompt ⧺ completion.
 
     The ratio r = π_θ(y)/π_old(y) is therefore between the two truncated distributions. On
-    policy it is 1 for every sampled token (up to float error). Off policy, a token outside
-    π_θ's current top-k/top-p set has π_θ(y) = 0: its log-ratio is clamped at −20 by the
-    objectives (r ≈ 2e-9) and it gets no gradient through log π_θ. With ``top_p=1`` and
-    ``top_k=0`` it is the plain ratio of the tempered softmaxes.
+    policy it is 1 for every sampled token, up to float error between the cached decode and
+    the full forward (which could, in principle, move a token sitting exactly on the top-k/top-p
+    boundary out of ``score``'s set). Off policy, a token outside π_θ's current top-k/top-p set
+    has π_θ(y) = 0: its log-ratio is clamped at −20 by the objectives (r ≈ 2e-9) and it gets no
+    gradient through log π_θ. With ``top_p=1`` and ``top_k=0`` it is the plain ratio of the
+    tempered softmaxes.
 
     Updates run the model in train mode: a config with dropout makes π_θ ≠ π_old even on policy;
     set its dropout to 0 for exact on-policy ratios.
