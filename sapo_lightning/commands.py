@@ -10,6 +10,7 @@ SUBCOMMANDS = {
     "validate": "evaluate a checkpoint on the validation queries",
     "test": "evaluate a checkpoint on held-out test queries",
     "compare": "run objectives x seeds x tasks from a study YAML and summarise them",
+    "export": "write the trained policy as a transformers model and tokenizer",
 }
 USAGE = "usage: sapo-lightning {" + ",".join(SUBCOMMANDS) + "} ..."
 
@@ -31,6 +32,10 @@ def main(args: list[str] | None = None) -> None:
         from sapo_lightning.compare import main as compare
 
         return compare(argv[1:])
+    if command == "export":
+        from sapo_lightning.export import main as export
+
+        return export(argv[1:])
     from sapo_lightning.cli import main as lightning_cli
 
     return lightning_cli(args)

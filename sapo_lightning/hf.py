@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from huggingface_hub.errors import StrictDataclassError  # a dependency of transformers
 from torch import Tensor
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from sapo_lightning.checks import ConfigError, check_choice, check_positive, fail
 from sapo_lightning.policies import Policy, Rollout, Scores, check_token_queries, decode, token_scores
@@ -78,26 +78,14 @@ class HFCausalLMPolicy(Policy):
     ) -> None:
         super().__init__()
         check_token_queries("HFCausalLMPolicy", task)
-        check_choice("dtype", dtype, DTYPES)
         self.temperature = check_positive("temperature", temperature)
-        if (path is None) == (model_config is None):
-            raise ConfigError(
-                f"exactly one of path and model_config must be given; got path={path!r}, model_config={model_config!r}"
-            )
         if tokenizer is not None and not os.path.isdir(tokenizer):
             fail("tokenizer", "an existing tokenizer directory (written by save_pretrained)", tokenizer)
         self.query_len = task.query_dim
         self.max_new_tokens = task.response_len
         self.eos_token = task.eos_token
         self.stop_when_done = stop_when_done
-        if path is not None:
-            if not os.path.isdir(path):
-                fail("path", "an existing model directory (written by save_pretrained; download a hub model first)", path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-        else:
-            self.model = AutoModelForCausalLM.from_config(_model_config(model_config), dtype=getattr(torch, dtype))
-        if gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+        self.model = load_causal_lm(path, model_config, dtype, gradient_checkpointing)
         model_vocab = self.model.get_output_embeddings().weight.shape[0]
         if token_ids is None and tokenizer is not None:
             token_ids = _token_ids_from_tokenizer(task, tokenizer)
@@ -113,8 +101,7 @@ class HFCausalLMPolicy(Policy):
         identity = token_ids == list(range(model_vocab))
         # model id of each task token [V]; None when the two vocabularies are the same
         self.register_buffer("vocab", None if identity else torch.tensor(token_ids), persistent=False)
-        forward_args = inspect.signature(self.model.forward).parameters
-        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5
+        self._cache_arg = cache_argument(self.model)
 
     def _to_model(self, tokens: Tensor) -> Tensor:
         return tokens if self.vocab is None else self.vocab[tokens]
@@ -150,6 +137,32 @@ class HFCausalLMPolicy(Policy):
         tokens = self._to_model(torch.cat([queries, responses[:, :-1]], 1))  # [N, D + T - 1]
         logits = self.model(tokens, use_cache=False).logits[:, self.query_len - 1 :]  # [N, T, V_model]
         return token_scores(self._restrict(logits) / self.temperature, responses)
+
+
+def load_causal_lm(
+    path: str | None, model_config: dict[str, Any] | None, dtype: str, gradient_checkpointing: bool
+) -> PreTrainedModel:
+    """A causal LM from a local ``save_pretrained`` directory or, randomly initialised, from a config mapping."""
+    if (path is None) == (model_config is None):
+        raise ConfigError(
+            f"exactly one of path and model_config must be given; got path={path!r}, model_config={model_config!r}"
+        )
+    check_choice("dtype", dtype, DTYPES)
+    if path is not None:
+        if not os.path.isdir(path):
+            fail("path", "an existing model directory (written by save_pretrained; download a hub model first)", path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    else:
+        model = AutoModelForCausalLM.from_config(_model_config(model_config), dtype=getattr(torch, dtype))
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """Name of the KV-cache argument of ``model.forward`` and attribute of its output."""
+    forward_args = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5
 
 
 def _model_config(spec: Any) -> Any:

@@ -75,13 +75,13 @@ def test_test_subcommand_evaluates_a_checkpoint_on_held_out_queries(tmp_path, ca
 def test_help_lists_every_subcommand(capsys):
     commands_main(["--help"])
     out = capsys.readouterr().out
-    for subcommand in ("fit", "validate", "test", "compare"):
+    for subcommand in ("fit", "validate", "test", "compare", "export"):
         assert f"\n  {subcommand} " in out
     with pytest.raises(SystemExit) as exit_:
         commands_main(["predict"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "must be one of fit, validate, test, compare; got 'predict'" in err
+    assert err.count("\n") == 1 and "must be one of fit, validate, test, compare, export; got 'predict'" in err
 
 
 def test_help_comes_from_docstrings(capsys):
