@@ -16,14 +16,15 @@ from sapo_lightning import objectives
 from sapo_lightning.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-BASES = ["sapo", "transformer", "hf_tiny"]  # full configs, each runs alone
+BASES = ["sapo", "transformer", "hf_tiny", "text_tiny"]  # full configs, each runs alone
 OBJECTIVES = ["grpo", "dapo", "dr_grpo", "gspo", "cispo"]  # configs/objectives/<name>.yaml
 DDP = CONFIGS / "ddp.yaml"  # an overlay beside the full configs
+RECIPE = CONFIGS / "text_gsm8k.yaml"  # a real model on a GPU: parsed, and built with a tiny stand-in
 HF = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="hf_tiny needs the [hf] extra")
 
 
 def marks(base: str) -> list:
-    return [HF] if base == "hf_tiny" else []
+    return [HF] if base in ("hf_tiny", "text_tiny") else []
 
 
 def case(base: str, name: str | None = None):
@@ -36,13 +37,15 @@ RUNS = [case(base) for base in BASES] + [case("sapo", name) for name in OBJECTIV
 # a few quick steps: validate and save at step 2, small validation and batch for the token tasks
 QUICK = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
          "--trainer.enable_progress_bar=false", "--data.val_size=16"]
-SMALL_BATCH = {"transformer": ["--data.batch_size=4"], "hf_tiny": ["--data.batch_size=4"]}
+SMALL_BATCH = {"transformer": ["--data.batch_size=4"], "hf_tiny": ["--data.batch_size=4"], "text_tiny": ["--data.batch_size=4"]}
 
 
 @pytest.fixture(autouse=True)
 def plain_argv(monkeypatch):
-    """LightningCLI warns when pytest's own argv sits beside the args it is given."""
+    """LightningCLI warns when pytest's own argv sits beside the args it is given; the text configs'
+    data paths are relative to the repository root, where the README runs them."""
     monkeypatch.setattr(sys, "argv", ["sapo-lightning"])
+    monkeypatch.chdir(CONFIGS.parent)
 
 
 def config_args(base: str, *overlays: Path) -> list[str]:
@@ -90,7 +93,7 @@ def dotted_keys(tree: dict, prefix: str = "") -> list[str]:
 
 def test_the_tests_cover_every_shipped_config():
     shipped = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if p.parent.name != "studies"}
-    covered = {f"{b}.yaml" for b in BASES} | {f"objectives/{o}.yaml" for o in OBJECTIVES} | {"ddp.yaml"}
+    covered = {f"{b}.yaml" for b in BASES} | {f"objectives/{o}.yaml" for o in OBJECTIVES} | {"ddp.yaml", RECIPE.name}
     assert shipped == covered
 
 
@@ -154,3 +157,35 @@ def test_config_trains_a_few_steps(tmp_path, base, name):
     for tag in ("train/reward", "train/loss", objective_tag, "val/reward", "val/exact_match"):
         assert tag in logged and all(torch.isfinite(torch.tensor(logged[tag]))), tag
     assert len(logged["train/reward"]) == 2
+
+
+def test_text_recipe_parses(capsys):
+    resolved = resolve(capsys, ["--config", str(RECIPE)])
+    assert resolved["trainer"]["precision"] == "bf16-mixed"
+    assert resolved["model"]["policy"]["class_path"] == "sapo_lightning.text.policy.CausalLMPolicy"
+    task = resolved["data"]["task"]["init_args"]
+    assert [r["function"].rsplit(".", 1)[1] for r in task["rewards"]] == ["numeric_answer", "regex_format"]
+
+
+@pytest.mark.slow
+@HF
+def test_text_recipe_trains_with_a_tiny_stand_in_model(tmp_path):
+    pandas = pytest.importorskip("pandas")
+    rows = [{"question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"} for a in range(6) for b in range(4)]
+    pandas.DataFrame(rows).to_parquet(tmp_path / "gsm8k.parquet")
+    tiny = ('{"model_type": "llama", "vocab_size": 101, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, '
+            '"num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128, "pad_token_id": 0, '
+            '"eos_token_id": 1, "bos_token_id": 2}')
+    main(["fit", "--config", str(RECIPE), "--trainer.accelerator=cpu", "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
+          "--trainer.enable_progress_bar=false", "--trainer.default_root_dir", str(tmp_path),
+          "--model.policy.init_args.path=null", f"--model.policy.init_args.model_config={tiny}",
+          "--model.policy.init_args.gradient_checkpointing=false", "--model.policy.init_args.dtype=float32",
+          f"--data.task.init_args.train_file={tmp_path / 'gsm8k.parquet'}", f"--data.task.init_args.val_file={tmp_path / 'gsm8k.parquet'}",
+          f"--data.task.init_args.tokenizer={CONFIGS.parent / 'assets' / 'tokenizers' / 'ascii'}",
+          "--data.task.init_args.max_new_tokens=8", "--data.batch_size=2", "--data.val_size=4", "--data.val_batch_size=2",
+          "--model.group_size=2"])
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    logged = scalars(run)
+    for tag in ("train/rewards/numeric_answer", "train/rewards/regex_format", "val/accuracy/numeric_answer"):
+        assert tag in logged, tag

@@ -24,11 +24,6 @@ class Prompts:
     def __len__(self) -> int:
         return len(self.texts)
 
-    @property
-    def device(self) -> torch.device:
-        """Where the tensors are (the module seeds its rollout generator there)."""
-        return self.input_ids.device
-
     def repeat_interleave(self, repeats: int, dim: int = 0) -> Prompts:
         """Each prompt ``repeats`` times in place (a, a, b, b for 2), as ``Tensor.repeat_interleave`` on dim 0."""
         if dim != 0:
