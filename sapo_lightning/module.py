@@ -161,9 +161,9 @@ class RLModule(LightningModule):
         rollout = self.policy.sample(queries, greedy=True)
         values = self.task.evaluate(queries, rollout.responses, rollout.mask)  # name -> [B]
         if self.pass_k:
-            generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-            samples = self.policy.sample(queries.repeat_interleave(self.pass_k, 0), generator)
-            sampled = self.task.evaluate(queries.repeat_interleave(self.pass_k, 0), samples.responses, samples.mask)
+            repeated = queries.repeat_interleave(self.pass_k, 0)  # k samples of each query, side by side
+            samples = self.policy.sample(repeated, torch.Generator(device=self.device).manual_seed(batch_idx))
+            sampled = self.task.evaluate(repeated, samples.responses, samples.mask)
             for name in ("exact_match", *(n for n in sampled if n.startswith("accuracy/"))):
                 values[f"pass@{self.pass_k}/{name}"] = sampled[name].view(-1, self.pass_k).amax(-1)  # [B]
         for name, value in values.items():
