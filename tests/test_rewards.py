@@ -137,8 +137,11 @@ def test_exact_match():
 def test_char_match_gives_partial_credit_and_full_marks_only_when_exact():
     completions = ["cba", "cbx", "cbaaaa", "c", " cba\n", "", "x"]
     answer = ["cba", "cba", "cba", "cba", "cba", "", None]
-    # (characters right + [same length]) / (longer length + 1)
-    assert char_match([""] * 7, completions, answer) == [1.0, 3 / 4, 3 / 7, 1 / 4, 1.0, 1.0, None]
+    # (characters right + w [same length]) / (longer length + w), w = 1 here and 0.25 by default
+    assert char_match([""] * 7, completions, answer, end_weight=1.0) == [1.0, 3 / 4, 3 / 7, 1 / 4, 1.0, 1.0, None]
+    assert char_match([""] * 7, completions, answer)[:4] == [1.0, 2.25 / 3.25, 3 / 6.25, 1 / 3.25]
+    # the right character without stopping beats a wrong one that stops
+    assert char_match([""] * 2, ["cY", "X"], ["c", "c"]) == [1 / 2.25, 0.25 / 1.25]
 
 
 def test_regex_format_full_and_search():

@@ -46,7 +46,7 @@ def test_rewards_score_the_decoded_completions(prompts_file):
     ids, mask = responses(t, completions)
     assert t.decode(ids, mask) == completions  # the EOS and the padding are not text
     rewards = t.rewards(batch, ids, mask)
-    char = torch.tensor([(sum(a == b for a, b in zip(c, r)) + (len(c) == len(r))) / (max(len(c), len(r)) + 1)
+    char = torch.tensor([(sum(a == b for a, b in zip(c, r)) + 0.25 * (len(c) == len(r))) / (max(len(c), len(r)) + 0.25)
                          for c, r in zip(completions, answers)])
     exact = torch.tensor([float(c == r) for c, r in zip(completions, answers)])
     torch.testing.assert_close(rewards.terms["char_match"], char)

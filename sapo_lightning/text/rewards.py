@@ -382,13 +382,17 @@ def exact_match(
     return rewards
 
 
-def char_match(prompts: list[str], completions: list[str], answer: Sequence, **_: Any) -> list[Reward]:
-    """Partial credit for a short string answer: the share of positions right, the end counting as one.
+def char_match(
+    prompts: list[str], completions: list[str], answer: Sequence, end_weight: float = 0.25, **_: Any
+) -> list[Reward]:
+    """Partial credit for a short string answer: the share of positions right, stopping at the right length counting a little.
 
-    With c the completion and a the reference (both stripped), the reward is
-    ``(sum(c[i] == a[i]) + [len(c) == len(a)]) / (max(len(c), len(a)) + 1)``: every right character
-    counts, so does stopping at the right length, and characters past the reference's length (a
-    completion that does not stop) lower it; 1.0 only when exact. A None reference does not apply.
+    With c the completion and a the reference (both stripped) and w = ``end_weight`` (an arg),
+    the reward is ``(sum(c[i] == a[i]) + w·[len(c) == len(a)]) / (max(len(c), len(a)) + w)``:
+    every right character counts, so does stopping at the right length, and characters past the
+    reference's length (a completion that does not stop) lower it; 1.0 only when exact. A small
+    w makes the right characters worth more than the right length, so a policy learns what to
+    write before it learns where to stop. A None reference does not apply (None).
     """
     rewards: list[Reward] = []
     for completion, reference in zip(completions, answer, strict=True):
@@ -396,8 +400,8 @@ def char_match(prompts: list[str], completions: list[str], answer: Sequence, **_
             rewards.append(None)
             continue
         c, a = completion.strip(), str(reference).strip()
-        right = sum(x == y for x, y in zip(c, a)) + (len(c) == len(a))
-        rewards.append(right / (max(len(c), len(a)) + 1))
+        right = sum(x == y for x, y in zip(c, a)) + end_weight * (len(c) == len(a))
+        rewards.append(right / (max(len(c), len(a)) + end_weight) if (c or a) else 1.0)
     return rewards
 
 
@@ -433,8 +437,14 @@ def _check_exact_args(option: str, args: dict[str, Any]) -> None:
         fail(f"{option}.ignore_case", "true or false", args["ignore_case"])
 
 
+def _check_char_args(option: str, args: dict[str, Any]) -> None:
+    if "end_weight" in args:
+        check_number(f"{option}.end_weight", args["end_weight"], 0)
+
+
 #: Checks of a built-in's args, run when RewardFunctions is built: (function, check(option prefix, args)).
 _ARG_CHECKS: list[tuple[Callable, Callable[[str, dict[str, Any]], None]]] = [
     (regex_format, _check_regex_args),
     (exact_match, _check_exact_args),
+    (char_match, _check_char_args),
 ]
