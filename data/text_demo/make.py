@@ -1,10 +1,10 @@
-"""Write the text demo's prompts: short string manipulations of random lowercase words.
+"""Write the text demo's prompts: the first or the last letter of a random lowercase word.
 
     python data/text_demo/make.py            # writes train.jsonl and val.jsonl beside this file
 
-Each row is ``{"prompt": "reverse: abc", "answer": "cba", "op": "reverse"}``: an operation name,
-a colon and a word of 1-5 letters from a-h; the answer is the word copied, reversed, or its
-first or last letter. Prompt lengths vary with the operation and the word (7-14 characters).
+Each row is ``{"prompt": "last: abc", "answer": "c", "op": "last"}``: an operation name, a colon
+and a word of 1-5 letters from a-h; the answer is the word's first or last letter. Prompt lengths
+vary with the operation and the word (7-12 characters).
 The split is disjoint: no (operation, word) pair appears in both files. Seeded: rerunning it
 writes the same files.
 """
@@ -15,12 +15,7 @@ import json
 import random
 from pathlib import Path
 
-OPERATIONS = {
-    "copy": lambda word: word,
-    "reverse": lambda word: word[::-1],
-    "first": lambda word: word[0],
-    "last": lambda word: word[-1],
-}
+OPERATIONS = {"first": lambda word: word[0], "last": lambda word: word[-1]}
 LETTERS = "abcdefgh"
 TRAIN, VAL, SEED = 4000, 400, 0
 
