@@ -102,3 +102,17 @@ def test_text_tags_and_pass_at_k(tmp_path, prompts):
     for tag in ("train/truncated_frac", "val/accuracy/char_match", "val/pass@3/exact_match"):
         assert all(0.0 <= e.value <= 1.0 for e in accumulator.Scalars(tag))
     assert all(1 <= e.value <= 4 for e in accumulator.Scalars("train/completion_len_max"))  # max_new_tokens
+
+
+def test_text_samples_panel_shows_prompts_completions_and_rewards(tmp_path, prompts):
+    fit(tmp_path, prompts, 4, "--trainer.callbacks+=sapo_lightning.text.samples.TextSamples",
+        "--trainer.callbacks.every_n_steps=2", "--trainer.callbacks.num_samples=2")
+    (events,) = (tmp_path / "lightning_logs" / "version_0").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    panels = accumulator.Tensors("samples/text_summary")
+    assert [p.step for p in panels] == [2, 4]
+    table = panels[-1].tensor_proto.string_val[0].decode().splitlines()
+    assert table[0] == "| prompt | completion | reward |" and len(table) == 2 + 2
+    prompt, completion, reward = (cell.strip() for cell in table[2].strip("|").split("|"))
+    assert prompt.startswith("copy: ") and 0.0 <= float(reward) <= 1.0
