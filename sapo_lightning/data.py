@@ -84,10 +84,11 @@ class QueryDataModule(LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"next_batch": self.next_batch}
+        return {"next_batch": self.next_batch, "seed": self.seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_batch = state_dict["next_batch"]
+        self.seed = state_dict.get("seed", self.seed)  # a run seeded at random resumes on its own stream
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_dataloader("val")

@@ -131,7 +131,7 @@ class RLModule(LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called inside optimizer.step(), after any AMP unscale: norm and clip see the true gradients.
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        self.grad_norm = torch.nn.utils.get_total_norm(grads).detach()
+        self.grad_norm = torch.nn.utils.get_total_norm(grads).detach().to(self.device)  # CPU if no gradient
         if self.max_grad_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
 

@@ -112,7 +112,7 @@ def test_checkpoint_contents(uninterrupted):
     assert checkpoint.keys() == CHECKPOINT_KEYS
     assert {k.split(".")[0] for k in checkpoint["state_dict"]} == {"policy", "old_policy"}
     assert not any(key.startswith("OldPolicySync") for key in checkpoint["callbacks"])  # global_step decides
-    assert checkpoint["QueryDataModule"] == {"next_batch": 40}  # the training stream's position
+    assert checkpoint["QueryDataModule"] == {"next_batch": 40, "seed": 0}  # the training stream's position
     # Synced at step 40, so the behaviour policy equals the policy.
     for name, value in checkpoint["state_dict"].items():
         if name.startswith("policy."):

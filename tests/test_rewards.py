@@ -259,6 +259,7 @@ def test_columns_of_another_length_are_a_caller_error():
     ([{"function": BUILTIN + "exact_match"}, {"function": BUILTIN + "exact_match", "weight": 2}],
      "rewards[1].name must differ from rewards[0]'s; got 'exact_match'"),
     ([{"function": BUILTIN + "exact_match", "name": "a/b"}], "rewards[0].name must be a non-empty name"),
+    ([{"function": BUILTIN + "exact_match", "name": "acc.v2"}], "rewards[0].name must be a non-empty name without '/', '.'"),
     ([{"function": BUILTIN + "exact_match", "args": {"ignorecase": True}}],
      "rewards[0].args must be arguments that sapo_lightning.text.rewards.exact_match names (its parameters beside "
      "prompts and completions: answer, ignore_case); got 'ignorecase'"),

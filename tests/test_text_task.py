@@ -76,3 +76,15 @@ def test_stop_tokens_and_bad_options(prompts_file):
         task(prompts_file, max_new_tokens=0)
     with pytest.raises(ConfigError, match=r"rewards\[0\].function"):
         PromptTask(prompts_file, ASCII, [{"function": "no_such_module.fn"}])
+
+
+def test_text_samples_on_a_synthetic_task_is_one_line(tmp_path, capsys, monkeypatch):
+    from sapo_lightning.cli import main
+
+    monkeypatch.setattr("sys.argv", ["sapo-lightning"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(ROOT / "configs" / "sapo.yaml"), f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.callbacks+=sapo_lightning.text.samples.TextSamples"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TextSamples unless the task is a text task (PromptTask); got 'FixedTarget'" in err

@@ -165,8 +165,8 @@ class _Function:
         fn = _resolve(f"{option}.function", spec.function)
         weight = check_number(f"{option}.weight", spec.weight)
         name = spec.name if spec.name is not None else getattr(fn, "__name__", type(fn).__name__)
-        if not isinstance(name, str) or not name or re.search(r"[\s/]", name):
-            fail(f"{option}.name", "a non-empty name without '/' or whitespace", name)
+        if not isinstance(name, str) or not name or re.search(r"[\s/.]", name):  # a name is part of metric keys
+            fail(f"{option}.name", "a non-empty name without '/', '.' or whitespace", name)
         args = spec.args if spec.args is not None else {}
         if not isinstance(args, Mapping) or not all(isinstance(key, str) for key in args):
             fail(f"{option}.args", "a mapping of argument names to values or null", args)

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from sapo_lightning.checks import check_int
+from sapo_lightning.checks import check_int, fail
 from sapo_lightning.schedule import crossed_multiple
 
 
@@ -28,6 +28,11 @@ class TextSamples(Callback):
     def __init__(self, every_n_steps: int = 50, num_samples: int = 4) -> None:
         self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
         self.num_samples = check_int("num_samples", num_samples, 1)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not hasattr(pl_module.task, "decode"):
+            fail("trainer.callbacks", "free of TextSamples unless the task is a text task (PromptTask)",
+                 type(pl_module.task).__name__)
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, *args: Any) -> None:
