@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from torch import Tensor, nn
 
 from sapo_lightning.checks import check_int, check_number, check_positive, fail
@@ -90,6 +91,8 @@ class TransformerPolicy(Policy):
         dropout: Dropout rate in [0, 1) on attention and MLP outputs (training mode only).
         use_kv_cache: Reuse keys/values while sampling (True) or recompute every step (False);
             same tokens either way, the cache is faster.
+        gradient_checkpointing: In a forward pass that needs gradients, keep only each block's
+            input and recompute its activations in backward: less memory, one more forward.
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class TransformerPolicy(Policy):
         temperature: float = 1.0,
         dropout: float = 0.0,
         use_kv_cache: bool = True,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         check_token_queries("TransformerPolicy", task)
@@ -111,6 +115,7 @@ class TransformerPolicy(Policy):
         check_number("dropout", dropout, 0, 1, high_open=True)
         self.temperature = check_positive("temperature", temperature)
         self.use_kv_cache = use_kv_cache
+        self.gradient_checkpointing = gradient_checkpointing
         self.n_head = n_head
         self.query_len = task.query_dim
         self.max_new_tokens = task.response_len
@@ -129,8 +134,9 @@ class TransformerPolicy(Policy):
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         x = self.drop(self.embed(tokens) + self.position(positions))  # [N, S, C]
+        recompute = self.gradient_checkpointing and cache is None and torch.is_grad_enabled()
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = checkpoint(block, x, None, layer, use_reentrant=False) if recompute else block(x, cache, layer)
         if cache is not None:
             cache.length += tokens.shape[1]
         return self.ln_out(x)

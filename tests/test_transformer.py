@@ -113,3 +113,29 @@ def test_transformer_config_trains_through_the_cli(tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("train/reward")] == [0, 1, 2]
     assert all(0 <= e.value <= 1 for e in events.Scalars("val/exact_match"))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_fewer_activations():
+    task = Reverse(length=6, num_symbols=8)
+    queries = task.sample_queries(16, torch.Generator().manual_seed(0))
+    results = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        policy = TransformerPolicy(task, n_layer=3, d_model=32, dropout=0.1, gradient_checkpointing=recompute)
+        responses = policy.sample(queries, torch.Generator().manual_seed(1)).responses
+        saved = []
+
+        def pack(tensor):
+            saved.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        torch.manual_seed(2)  # the same dropout masks
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = policy.score(queries, responses).log_probs.sum()
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in policy.parameters()], sum(saved)))
+    (plain_loss, plain_grads, plain_bytes), (ckpt_loss, ckpt_grads, ckpt_bytes) = results
+    assert torch.equal(plain_loss, ckpt_loss)
+    for a, b in zip(plain_grads, ckpt_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert ckpt_bytes < plain_bytes / 2  # only each block's input is kept
