@@ -43,8 +43,9 @@ def export(ckpt_path: str, output: str, config: str | None = None) -> None:
     if not callable(getattr(module.policy, "export", None)):
         fail("model.policy", "a policy that can export itself (sapo_lightning.text.policy.CausalLMPolicy)",
              type(module.policy).__name__)
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    module.on_load_checkpoint(state)  # the run's frozen weights and copies, as fit restores them
+    module.load_state_dict(state["state_dict"])
     module.policy.export(str(target))
     print(f"wrote {target}")
 

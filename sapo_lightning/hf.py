@@ -84,6 +84,7 @@ class HFCausalLMPolicy(Policy):
         self.query_len = task.query_dim
         self.max_new_tokens = task.response_len
         self.eos_token = task.eos_token
+        self.pad_token = 0 if task.eos_token is None else task.eos_token  # decode's fill after EOS
         self.stop_when_done = stop_when_done
         self.model = load_causal_lm(path, model_config, dtype, gradient_checkpointing)
         model_vocab = self.model.get_output_embeddings().weight.shape[0]

@@ -7,6 +7,24 @@ from torch import Tensor
 from torchmetrics import Metric
 
 
+def combine_micro_batches(parts: list[dict[str, Tensor]], shares: list[Tensor | float]) -> dict[str, Tensor]:
+    """One update's diagnostics from its micro-batches': ``_min`` / ``_max`` names by min / max, the
+    others by the mean weighted by each micro-batch's share of the loss, skipping non-finite values."""
+    combined = {}
+    weights = torch.stack([torch.as_tensor(w, dtype=torch.float32) for w in shares]).to(parts[0]["loss"].device)  # [C]
+    for name in parts[0]:
+        values = torch.stack([part[name].float() for part in parts])  # [C]
+        if name.endswith("_min"):
+            combined[name] = values.amin()
+        elif name.endswith("_max"):
+            combined[name] = values.amax()
+        else:
+            finite = torch.isfinite(values)
+            w = torch.where(finite, weights, 0.0)
+            combined[name] = torch.where(finite, values, 0.0).mul(w).sum() / w.sum()  # NaN if none is finite
+    return combined
+
+
 class Diagnostics(Metric):
     """Running mean, min and max of named scalars, synchronised across ranks.
 

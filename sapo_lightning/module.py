@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
@@ -14,10 +14,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from sapo_lightning.advantages import GroupAdvantages, check_group, group_advantages_with_stats
-from sapo_lightning.checks import ConfigError, check_int, check_positive, fail
-from sapo_lightning.metrics import Diagnostics
-from sapo_lightning.objectives import Objective, masked_mean
-from sapo_lightning.policies import Policy, Rollout
+from sapo_lightning.checks import ConfigError, check_int, check_number, check_positive, fail
+from sapo_lightning.frozen import Frozen, evaluating, freeze, refresh, state_from_policy
+from sapo_lightning.metrics import Diagnostics, combine_micro_batches
+from sapo_lightning.objectives import Objective, aggregate, k3_kl, masked_mean, micro_batch_share
+from sapo_lightning.policies import Policy, Rollout, concat_rollouts
 from sapo_lightning.tasks import Rewards, Task
 
 
@@ -44,6 +45,13 @@ class RLModule(LightningModule):
         max_grad_norm: Clip the gradient norm to this value; None disables clipping.
         pass_k: Also sample k responses per evaluation query and log ``val/pass@k/...``: the
             share of queries with at least one exactly right response (null: greedy only).
+        micro_batch_size: Responses per forward/backward pass (null: all B·G at once). Sampling,
+            scoring and each update run in chunks of this size and the gradients accumulate,
+            so an optimizer step is the full batch's for every aggregation; peak memory
+            follows the chunk. Must divide B·G.
+        beta: Weight of a KL penalty to the reference policy (the initial weights; with LoRA
+            the base model), k3 estimator per token, aggregated as the objective's loss;
+            logged as ``train/ref_kl``. 0 (default) builds no reference.
     """
 
     def __init__(
@@ -57,6 +65,8 @@ class RLModule(LightningModule):
         optimizer: OptimizerCallable = torch.optim.Adam,
         max_grad_norm: float | None = None,
         pass_k: int | None = None,
+        micro_batch_size: int | None = None,
+        beta: float = 0.0,
     ) -> None:
         super().__init__()
         check_group(group_size, advantage_scale)
@@ -70,8 +80,13 @@ class RLModule(LightningModule):
         self.max_grad_norm = check_positive("max_grad_norm", max_grad_norm, allow_none=True)
         self.optimizer_factory = optimizer
         _check_optimizer(optimizer)
+        self.micro_batch_size = check_int("micro_batch_size", micro_batch_size, 1, allow_none=True)
+        self.beta = check_number("beta", beta, 0)
         self.policy = policy(task)
-        self.old_policy = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        # π_old and π_ref (see sapo_lightning.frozen), built by configure_model once the run is known
+        self.old_policy: Frozen = None
+        self.ref_policy: Frozen = None
+        self.keep_old_copy(True)  # OldPolicySync decides; without it π_old stays the initial policy
         self.train_diagnostics = Diagnostics()
         self.pass_k = check_int("pass_k", pass_k, 1, allow_none=True)
         self.eval_metrics = nn.ModuleDict()  # "val/<name>" -> MeanMetric, made at the first evaluation
@@ -84,19 +99,60 @@ class RLModule(LightningModule):
         if max_steps > 0 and max_steps % updates:
             fail("trainer.max_steps", f"a multiple of model.updates_per_rollout={updates} "
                  f"(a rollout batch makes {updates} optimizer steps)", max_steps)
+        batch_size = getattr(trainer.datamodule, "batch_size", None)
+        if self.micro_batch_size is not None and batch_size is not None:
+            responses = batch_size * self.group_size
+            if responses % self.micro_batch_size:
+                fail("model.micro_batch_size", f"a divisor of the batch's {responses} responses "
+                     f"(data.batch_size={batch_size} x model.group_size={self.group_size})", self.micro_batch_size)
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.check_trainer(self.trainer)
 
-    @torch.no_grad()
+    def keep_old_copy(self, keep: bool) -> None:
+        """Whether π_old is a frozen copy (lagged) or the live policy itself (refreshed before every
+        rollout, so equal to π_θ when it samples); called by :class:`~sapo_lightning.callbacks.OldPolicySync`."""
+        self._keep_old_copy = keep
+
+    def configure_model(self) -> None:
+        # Before any strategy wraps the policy, and before a checkpoint is restored into the copies.
+        if self._trainer is not None and self.trainer.state.fn != "fit":
+            return  # evaluation samples from π_θ only
+        if self._keep_old_copy and self.old_policy is None:
+            self.old_policy = freeze(self.policy)
+        if self.beta > 0 and self.ref_policy is None:
+            self.ref_policy = freeze(self.policy)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Frozen policy weights (a LoRA base model) are rebuilt from the config; only what trains is saved.
+        for name, param in self.policy.named_parameters():
+            if not param.requires_grad:
+                checkpoint["state_dict"].pop(f"policy.{name}", None)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fit a checkpoint's state to this run's copies: frozen weights from the config, π_old / π_ref
+        dropped if this run keeps none, or taken from the checkpoint's policy if it kept none."""
+        state, own = checkpoint["state_dict"], self.state_dict()
+        for key in [k for k in state if k not in own and k.startswith(("old_policy.", "ref_policy."))]:
+            del state[key]
+        for key in own.keys() - state.keys():
+            if key.startswith("policy."):
+                state[key] = own[key]
+        policy_state = {key[len("policy."):]: value for key, value in state.items() if key.startswith("policy.")}
+        for prefix, frozen in (("old_policy.", self.old_policy), ("ref_policy.", self.ref_policy)):
+            if not any(key.startswith(prefix) for key in state):
+                state.update({prefix + key: value for key, value in state_from_policy(frozen, policy_state).items()})
+
     def sync_old_policy(self) -> None:
         """π_old ← π_θ (called by :class:`~sapo_lightning.callbacks.OldPolicySync`)."""
-        self.old_policy.load_state_dict(self.policy.state_dict())
+        refresh(self.old_policy, self.policy)
 
     def train(self, mode: bool = True) -> RLModule:
         super().train(mode)
-        self.old_policy.eval()  # the behaviour policy always samples in eval mode
+        for frozen in (self.old_policy, self.ref_policy):
+            if isinstance(frozen, Policy):
+                frozen.eval()  # a frozen copy always evaluates in eval mode
         return self
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -106,27 +162,57 @@ class RLModule(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         queries = batch["queries"].repeat_interleave(self.group_size, 0)  # [N, ...], N = B * G
         generator = torch.Generator(device=self.device).manual_seed(batch["seed"])
+        chunks = self.micro_batches(len(queries))  # row slices; [slice(None)] without micro-batches
         with torch.no_grad():
-            rollout = self.old_policy.sample(queries, generator)  # [N, T] each, log-probs of π_old
+            with evaluating(self.old_policy, self.policy) as behaviour:
+                rollouts = [behaviour.sample(take(queries, rows), generator) for rows in chunks]
+            rollout = concat_rollouts(rollouts, self.policy.pad_token)  # [N, T] each, log-probs of π_old
             rewards = self.task.rewards(queries, rollout.responses, rollout.mask)  # total [N], terms [N] each
             groups = group_advantages_with_stats(rewards.total, self.group_size, self.advantage_scale)
             rollout_stats = rollout_diagnostics(rewards, groups, rollout)
+            ref_log_probs = None
+            if self.ref_policy is not None:
+                with evaluating(self.ref_policy, self.policy) as reference:
+                    ref_log_probs = torch.cat([reference.score(take(queries, rows), rollout.responses[rows]).log_probs
+                                               for rows in chunks])  # [N, T]
 
         optimizer = self.optimizers()
         for _ in range(self.updates_per_rollout):  # the first update is on-policy, the later ones stale
-            scores = self.policy.score(queries, rollout.responses)  # [N, T] each
-            out = self.objective(scores.log_probs, rollout.log_probs, groups.advantages, rollout.mask)
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(out.loss)
+            parts, shares = [], []
+            for index, rows in enumerate(chunks):
+                share = 1.0 if len(chunks) == 1 else micro_batch_share(
+                    self.objective.aggregation, rollout.mask[rows], rollout.mask)
+                with optimizer.toggle_model(sync_grad=index == len(chunks) - 1) if len(chunks) > 1 else nullcontext():
+                    parts.append(self.accumulate(take(queries, rows), take_rollout(rollout, rows),
+                                                 groups.advantages[rows], take(ref_log_probs, rows), share))
+                shares.append(share)
             optimizer.step()  # runs on_before_optimizer_step: gradient norm and clipping
-            self.train_diagnostics.record({
-                **rollout_stats,
-                "loss": out.loss.detach(),
-                "entropy": masked_mean(scores.entropy.detach(), rollout.mask),
-                "grad_norm": self.grad_norm,
-                **out.metrics,
-            })
+            metrics = parts[0] if len(parts) == 1 else combine_micro_batches(parts, shares)
+            self.train_diagnostics.record({**rollout_stats, **metrics, "grad_norm": self.grad_norm})
         self.log_diagnostics()
+
+    def accumulate(
+        self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None, share: Tensor | float
+    ) -> dict[str, Tensor]:
+        """Backward of one micro-batch's loss, weighted by its ``share`` of the batch's; its diagnostics."""
+        scores = self.policy.score(queries, rollout.responses)  # [n, T] each
+        out = self.objective(scores.log_probs, rollout.log_probs, advantages, rollout.mask)
+        loss = out.loss
+        metrics = {"loss": out.loss.detach(), "entropy": masked_mean(scores.entropy.detach(), rollout.mask)}
+        if ref_log_probs is not None:
+            kl = k3_kl(scores.log_probs, ref_log_probs)  # [n, T]
+            loss = loss + self.beta * aggregate(kl, rollout.mask, self.objective.aggregation)
+            metrics["ref_kl"] = masked_mean(kl.detach(), rollout.mask)
+        self.manual_backward(loss if share == 1 else loss * share)
+        return metrics | out.metrics
+
+    def micro_batches(self, n: int) -> list[slice]:
+        """Consecutive row slices of at most ``micro_batch_size`` rows covering ``n`` rows."""
+        size = self.micro_batch_size
+        if size is None or size >= n:
+            return [slice(None)]
+        return [slice(start, start + size) for start in range(0, n, size)]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called inside optimizer.step(), after any AMP unscale: norm and clip see the true gradients.
@@ -173,6 +259,15 @@ class RLModule(LightningModule):
             self.eval_metrics[key].update(value)
             self.log(key, self.eval_metrics[key], on_epoch=True, prog_bar=name in ("reward", "exact_match"),
                      metric_attribute=f"eval_metrics.{key}")
+
+
+def take(values: Any, rows: slice) -> Any:
+    """Rows of a batch (a tensor, Prompts or None); the whole batch for ``slice(None)``."""
+    return values if values is None or rows == slice(None) else values[rows]
+
+
+def take_rollout(rollout: Rollout, rows: slice) -> Rollout:
+    return rollout if rows == slice(None) else Rollout(*(None if t is None else t[rows] for t in rollout))
 
 
 def rollout_diagnostics(rewards: Rewards, groups: GroupAdvantages, rollout: Rollout) -> dict[str, Tensor]:

@@ -63,6 +63,25 @@ def aggregate(values: Tensor, mask: Tensor, mode: str) -> Tensor:
     raise AssertionError(mode)
 
 
+def micro_batch_share(mode: str, chunk_mask: Tensor, mask: Tensor) -> Tensor | float:
+    """Weight w of a micro-batch's aggregate in the whole batch's: Σ_chunks w · aggregate(chunk) = aggregate(batch).
+
+    ``chunk_mask`` ``[n, T]`` holds consecutive rows of the batch's ``mask`` ``[N, T]``. Each
+    response weighs 1/N in the two sequence means, so a chunk of n rows weighs n/N (the
+    Dr.GRPO divisor N·T keeps T, the batch's padded length); under ``token-mean`` each token
+    weighs 1/Σm, so the chunk weighs its share of the batch's tokens.
+    """
+    if mode == "token-mean":
+        return chunk_mask.sum() / mask.sum().clamp(min=1)
+    return chunk_mask.shape[0] / mask.shape[0]
+
+
+def k3_kl(log_probs: Tensor, ref_log_probs: Tensor) -> Tensor:
+    """Per-token estimate of KL(π_θ ‖ π_ref) ``[N, T]``: exp(d) − d − 1 with d = log π_ref − log π_θ (≥ 0)."""
+    d = (ref_log_probs - log_probs).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return torch.exp(d) - d - 1
+
+
 def check_aggregation(mode: str) -> str:
     return check_choice("aggregation", mode, AGGREGATIONS)
 
@@ -149,7 +168,13 @@ def clipped_surrogate(
 
 
 class Objective:
-    """Base class: subclasses implement ``__call__`` with the signature of the module docstring."""
+    """Base class: subclasses implement ``__call__`` with the signature of the module docstring.
+
+    ``aggregation`` names how the loss reduces its tokens (one of :data:`AGGREGATIONS`): the
+    module weighs micro-batches and the reference KL by it.
+    """
+
+    aggregation: str = "seq-mean-token-mean"
 
     def __call__(
         self, log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, mask: Tensor

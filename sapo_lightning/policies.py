@@ -35,7 +35,13 @@ class Scores(NamedTuple):
 
 
 class Policy(nn.Module):
-    """Interface between the LightningModule and a network."""
+    """Interface between the LightningModule and a network.
+
+    ``pad_token`` is the token a rollout holds at the masked positions after a response ends,
+    used to pad rollouts sampled in micro-batches to a common length.
+    """
+
+    pad_token: int = 0
 
     def sample(self, queries: Tensor, generator: torch.Generator | None = None, greedy: bool = False) -> Rollout:
         """Sample one response per query (argmax tokens when ``greedy``)."""
@@ -44,6 +50,24 @@ class Policy(nn.Module):
     def score(self, queries: Tensor, responses: Tensor) -> Scores:
         """Log-probs and entropies of ``responses`` ``[N, T]`` given ``queries``; differentiable."""
         raise NotImplementedError
+
+
+def concat_rollouts(rollouts: list[Rollout], pad_token: int) -> Rollout:
+    """One rollout from the rollouts of consecutive micro-batches, padded to the longest one."""
+    if len(rollouts) == 1:
+        return rollouts[0]
+    length = max(r.responses.shape[1] for r in rollouts)
+
+    def padded(t: Tensor, value: float | bool) -> Tensor:  # [n, T_chunk] -> [n, length]
+        return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
+
+    truncated = None if any(r.truncated is None for r in rollouts) else torch.cat([r.truncated for r in rollouts])
+    return Rollout(
+        torch.cat([padded(r.responses, pad_token) for r in rollouts]),
+        torch.cat([padded(r.log_probs, 0.0) for r in rollouts]),
+        torch.cat([padded(r.mask, False) for r in rollouts]),
+        truncated,
+    )
 
 
 def sample_from_logits(logits: Tensor, generator: torch.Generator | None, greedy: bool) -> tuple[Tensor, Tensor]:

@@ -120,6 +120,7 @@ class TransformerPolicy(Policy):
         self.query_len = task.query_dim
         self.max_new_tokens = task.response_len
         self.eos_token = task.eos_token
+        self.pad_token = 0 if task.eos_token is None else task.eos_token  # decode's fill after EOS
         self.embed = nn.Embedding(task.vocab_size, d_model)
         self.position = nn.Embedding(task.query_dim + task.response_len, d_model)
         self.drop = nn.Dropout(dropout)

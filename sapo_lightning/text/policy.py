@@ -84,7 +84,7 @@ class CausalLMPolicy(Policy):
             fail("the model's vocabulary", f">= the tokenizer's {len(self.tokenizer)} ids (data.task.tokenizer), "
                  "one logit per token id", model_vocab)
         self.max_new_tokens = task.response_len
-        self.pad_id = self.tokenizer.pad_token_id
+        self.pad_id = self.pad_token = self.tokenizer.pad_token_id
         self.stop_when_done = stop_when_done
         self.register_buffer("stop_ids", torch.tensor(task.stop_token_ids), persistent=False)  # [S]
         self._cache_arg = cache_argument(self.model)
