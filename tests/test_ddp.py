@@ -65,3 +65,30 @@ def test_ddp_two_ranks_agree_and_solve(tmp_path):
     assert checkpoint["global_step"] == STEPS
     policy = torch.cat([v.flatten() for k, v in checkpoint["state_dict"].items() if k.startswith("policy.")])
     assert torch.equal(policy, rank0["policy"])
+
+
+def ddp_policy(root: Path, *extra: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both ranks' final policy parameters after a short 2-process fit."""
+    probe = root / "probe"
+    command = [
+        sys.executable, "-m", "sapo_lightning", "fit", f"--config={ROOT / 'configs' / 'sapo.yaml'}",
+        f"--config={ROOT / 'configs' / 'ddp.yaml'}", f"--trainer.default_root_dir={root}", "--trainer.max_steps=8",
+        "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false", "--trainer.limit_val_batches=0",
+        "--model.optimizer=torch.optim.SGD", "--model.optimizer.init_args.lr=0.5",
+        "--trainer.callbacks+=rank_probe.RankProbe", f"--trainer.callbacks.out={probe}", *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    root.mkdir()
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0, rank1 = (torch.load(probe / f"rank{r}.pt") for r in (0, 1))
+    return rank0["policy"], rank1["policy"]
+
+
+def test_ddp_micro_batches_equal_the_full_batch(tmp_path):
+    """Gradients synchronised once, after the last micro-batch: the ranks agree, and on the full batch's step."""
+    full = ddp_policy(tmp_path / "full")
+    chunked = ddp_policy(tmp_path / "chunked", "--model.micro_batch_size=16")
+    assert torch.equal(*chunked)
+    assert torch.allclose(chunked[0], full[0], rtol=0, atol=1e-6)
