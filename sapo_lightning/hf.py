@@ -103,6 +103,11 @@ class HFCausalLMPolicy(Policy):
         # model id of each task token [V]; None when the two vocabularies are the same
         self.register_buffer("vocab", None if identity else torch.tensor(token_ids), persistent=False)
         self._cache_arg = cache_argument(self.model)
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
+    def _keep(self, positions: int) -> dict[str, int]:
+        """Ask for the logits of the last ``positions`` positions only, where the model can skip the rest."""
+        return {"logits_to_keep": positions} if self._logits_to_keep else {}
 
     def _to_model(self, tokens: Tensor) -> Tensor:
         return tokens if self.vocab is None else self.vocab[tokens]
@@ -115,7 +120,7 @@ class HFCausalLMPolicy(Policy):
 
         def next_logits(tokens: Tensor | None) -> Tensor:
             if tokens is None:
-                out = self.model(self._to_model(queries), use_cache=True)
+                out = self.model(self._to_model(queries), use_cache=True, **self._keep(1))
             else:
                 new = self._to_model(tokens).unsqueeze(-1)  # [N, 1]
                 out = self.model(new, use_cache=True, **{self._cache_arg: state["cache"]})
@@ -136,7 +141,8 @@ class HFCausalLMPolicy(Policy):
 
     def score(self, queries: Tensor, responses: Tensor) -> Scores:
         tokens = self._to_model(torch.cat([queries, responses[:, :-1]], 1))  # [N, D + T - 1]
-        logits = self.model(tokens, use_cache=False).logits[:, self.query_len - 1 :]  # [N, T, V_model]
+        steps = responses.shape[1]
+        logits = self.model(tokens, use_cache=False, **self._keep(steps)).logits[:, -steps:]  # [N, T, V_model]
         return token_scores(self._restrict(logits) / self.temperature, responses)
 
 
