@@ -34,6 +34,7 @@ launching the subprocess to the start of the first step; peak RSS is the subproc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -352,7 +353,7 @@ def run_trl(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_
         learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
         max_grad_norm=COMMON["max_grad_norm"], scale_rewards="group", max_steps=steps, shuffle_dataset=False,
         seed=COMMON["seed"], use_vllm=False, bf16=False, fp16=False, use_cpu=True,
-        activation_checkpointing=False, gradient_checkpointing=False,  # TRL defaults to True; ours is off
+        **no_checkpointing(GRPOConfig),
         model_init_kwargs={"dtype": torch.float32}, logging_steps=1, report_to="none", save_strategy="no",
         disable_tqdm=True, dataloader_num_workers=0, log_completions=False,
     )
@@ -362,9 +363,15 @@ def run_trl(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_
                                train_dataset=Dataset.from_list(rows),
                                processing_class=AutoTokenizer.from_pretrained(model_dir), callbacks=[Steps()])
     trainer.remove_callback(PrinterCallback)  # it prints every log to stdout; the log history is kept
-    assert not trainer.model.is_activation_checkpointing and trainer.model.dtype == torch.float32
+    assert not trainer.model.is_gradient_checkpointing and trainer.model.dtype == torch.float32
     trainer.train()
     out.write_text(json.dumps(clock.report(start_wall)))
+
+
+def no_checkpointing(config_class) -> dict[str, bool]:
+    """Activation checkpointing off (TRL defaults to on; ours is off); transformers 5.2x renamed the option."""
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return {name: False for name in ("activation_checkpointing", "gradient_checkpointing") if name in names}
 
 
 # -- the parent: runs, summary, table -------------------------------------------------------
