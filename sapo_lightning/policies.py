@@ -31,7 +31,7 @@ class Scores(NamedTuple):
     """Per-token scores of given responses."""
 
     log_probs: Tensor  # [N, T] float, log π(y_t | q, y_<t)
-    entropy: Tensor  # [N, T] float, entropy of π(· | q, y_<t)
+    entropy: Tensor  # [N, T] float, entropy of π(· | q, y_<t), detached (a diagnostic)
 
 
 class Policy(nn.Module):
@@ -90,7 +90,8 @@ def sample_from_logits(logits: Tensor, generator: torch.Generator | None, greedy
 def token_scores(logits: Tensor, tokens: Tensor) -> Scores:
     """Log-probs of ``tokens`` ``[...]`` and entropies under ``logits`` ``[..., V]``."""
     log_p = torch.log_softmax(logits.float(), dim=-1)  # [..., V]
-    entropy = -(log_p.exp() * log_p).sum(-1)
+    with torch.no_grad():  # a diagnostic: no [..., V] tensors saved for backward
+        entropy = -(log_p.exp() * log_p).sum(-1)
     return Scores(log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy)
 
 

@@ -31,8 +31,8 @@ def sampling_logits(logits: Tensor, temperature: float, top_k: int, top_p: float
 def truncated_scores(logits: Tensor, tokens: Tensor) -> Scores:
     """Log-probs of ``tokens`` ``[...]`` and entropies under sampling logits ``[..., V]`` with -inf entries."""
     log_p = torch.log_softmax(logits, dim=-1)  # [..., V], -inf outside the kept set
-    # 0 · log 0 = 0: fill before multiplying, so no NaN reaches the gradient
-    entropy = -(log_p.exp() * log_p.masked_fill(logits == float("-inf"), 0.0)).sum(-1)
+    with torch.no_grad():  # a diagnostic: no [..., V] tensors saved for backward; 0 · log 0 = 0
+        entropy = -(log_p.exp() * log_p.masked_fill(logits == float("-inf"), 0.0)).sum(-1)
     return Scores(log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy)
 
 
