@@ -11,6 +11,7 @@ from torch import Tensor
 
 from sapo_lightning.checks import check_int, check_number, check_positive, fail
 from sapo_lightning.hf import cache_argument, load_causal_lm
+from sapo_lightning.lora import LoRA, base_model
 from sapo_lightning.policies import Policy, Rollout, Scores, sample_from_logits
 from sapo_lightning.tasks import Task
 from sapo_lightning.text.prompts import Prompts
@@ -42,8 +43,12 @@ class CausalLMPolicy(Policy):
     gradient through log π_θ. With ``top_p=1`` and ``top_k=0`` it is the plain ratio of the
     tempered softmaxes.
 
-    Updates run the model in train mode: a config with dropout makes π_θ ≠ π_old even on policy;
-    set its dropout to 0 for exact on-policy ratios.
+    With ``lora``, the model is wrapped by PEFT and only the adapters train: π_old and the
+    reference are copies of the adapters on the one shared base model, and checkpoints hold
+    the adapters, not the base weights (``pip install "sapo-lightning[peft]"``).
+
+    Updates run the model in train mode: a config with dropout (or LoRA dropout) makes
+    π_θ ≠ π_old even on policy; set it to 0 for exact on-policy ratios.
 
     Args:
         task: The text task (a PromptTask): its tokenizer, max_new_tokens and stop token ids.
@@ -56,6 +61,8 @@ class CausalLMPolicy(Policy):
         gradient_checkpointing: Recompute activations in backward to save memory.
         stop_when_done: End decoding once every completion has stopped. Set false under FSDP,
             where every rank must run the same number of forward passes.
+        lora: Train LoRA adapters (rank, alpha, dropout, target modules) instead of every
+            weight; null trains the whole model.
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class CausalLMPolicy(Policy):
         dtype: str = "float32",
         gradient_checkpointing: bool = False,
         stop_when_done: bool = True,
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__()
         if getattr(task, "tokenizer", None) is None:
@@ -77,7 +85,7 @@ class CausalLMPolicy(Policy):
         self.temperature = check_positive("temperature", temperature)
         self.top_p = check_number("top_p", top_p, 0, 1, low_open=True)
         self.top_k = check_int("top_k", top_k, 0)
-        self.model = load_causal_lm(path, model_config, dtype, gradient_checkpointing)
+        self.model = load_causal_lm(path, model_config, dtype, gradient_checkpointing, lora)
         self.tokenizer = task.tokenizer
         model_vocab = self.model.get_output_embeddings().weight.shape[0]
         if len(self.tokenizer) > model_vocab:
@@ -88,7 +96,7 @@ class CausalLMPolicy(Policy):
         self.stop_when_done = stop_when_done
         self.register_buffer("stop_ids", torch.tensor(task.stop_token_ids), persistent=False)  # [S]
         self._cache_arg = cache_argument(self.model)
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(base_model(self.model).forward).parameters
 
     def _logits(self, keep: int, **inputs: Tensor) -> Any:
         """The model's output; logits at the last ``keep`` positions only where the model can skip the rest."""
