@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from sapo_lightning.checks import check_int, check_number, check_positive, fail
+from sapo_lightning.checks import check_choice, check_int, check_number, check_positive, fail
 from sapo_lightning.hf import cache_argument, load_causal_lm
-from sapo_lightning.lora import LoRA, base_model
+from sapo_lightning.lora import LoRA, base_model, is_peft_model
 from sapo_lightning.policies import Policy, Rollout, Scores, sample_from_logits
 from sapo_lightning.tasks import Task
 from sapo_lightning.text.prompts import Prompts
@@ -86,6 +88,7 @@ class CausalLMPolicy(Policy):
         self.top_p = check_number("top_p", top_p, 0, 1, low_open=True)
         self.top_k = check_int("top_k", top_k, 0)
         self.model = load_causal_lm(path, model_config, dtype, gradient_checkpointing, lora)
+        self.path = None if path is None else os.path.abspath(path)  # the base an exported adapter names
         self.tokenizer = task.tokenizer
         model_vocab = self.model.get_output_embeddings().weight.shape[0]
         if len(self.tokenizer) > model_vocab:
@@ -146,12 +149,40 @@ class CausalLMPolicy(Policy):
         scores = truncated_scores(self.sampling_logits(out.logits[:, -steps:]), responses)  # [N, T] each
         return Scores(scores.log_probs.masked_fill(~mask, 0.0), scores.entropy.masked_fill(~mask, 0.0))
 
-    def export(self, directory: str) -> None:
-        """Write the model and tokenizer with ``save_pretrained``; ``generate()`` defaults to this sampling."""
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+    @property
+    def has_lora(self) -> bool:
+        """Whether the model carries LoRA adapters (the policy's ``lora`` was given)."""
+        return is_peft_model(self.model)
+
+    def export(self, directory: str, lora: str = "merged") -> None:
+        """Write the model and tokenizer with ``save_pretrained``; ``generate()`` defaults to this sampling.
+
+        A LoRA policy is written as ``lora`` says: ``merged``, the base model with the adapters
+        merged into its weights (a plain ``transformers`` model; the policy itself is untouched,
+        the merge happens on a copy); ``adapter``, the PEFT adapter only (``adapter_config.json``,
+        ``adapter_model.safetensors``), for ``peft.PeftModel.from_pretrained(base, directory)``.
+        Its ``base_model_name_or_path`` is the policy's ``path``, or for a ``model_config`` base,
+        which exists nowhere else, ``directory/base``, where the base model is written too.
+        """
+        check_choice("lora", lora, ("merged", "adapter"))
+        if lora == "adapter" and not self.has_lora:
+            fail("lora", "merged for a policy without LoRA adapters (model.policy.init_args.lora is null)", lora)
+        target = Path(directory)
+        if not self.has_lora:
+            self.model.save_pretrained(target)
+        elif lora == "merged":
+            copy.deepcopy(self.model).merge_and_unload().save_pretrained(target)
+        else:
+            base = self.path
+            if base is None:
+                base = str((target / "base").absolute())
+                copy.deepcopy(self.model).unload().save_pretrained(base)
+            config = self.model.peft_config["default"]
+            config.base_model_name_or_path = base
+            self.model.save_pretrained(target)
+        self.tokenizer.save_pretrained(target)
         generation = copy.deepcopy(self.model.generation_config)
         generation.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                           max_new_tokens=self.max_new_tokens, eos_token_id=self.stop_ids.tolist(),
                           pad_token_id=self.pad_id)
-        generation.save_pretrained(directory)
+        generation.save_pretrained(target)
