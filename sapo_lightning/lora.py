@@ -9,6 +9,7 @@ trainable weights only, and checkpoints without the frozen weights
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +69,9 @@ def apply_lora(model: nn.Module, lora: LoRA | dict[str, Any]) -> nn.Module:
     config = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
                              task_type="CAUSAL_LM")
     try:
-        return peft.get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft asks transformers 5 a question it deprecated: noise for the user
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            return peft.get_peft_model(model, config)
     except ValueError as err:  # no default target_modules for this model type, among others
         message = " ".join(str(err).split())
         raise ConfigError(f"lora: {message} (set lora.target_modules)") from None
