@@ -70,7 +70,7 @@ def apply_lora(model: nn.Module, lora: LoRA | dict[str, Any]) -> nn.Module:
                              task_type="CAUSAL_LM")
     try:
         with warnings.catch_warnings():  # peft asks transformers 5 a question it deprecated: noise for the user
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
             return peft.get_peft_model(model, config)
     except ValueError as err:  # no default target_modules for this model type, among others
         message = " ".join(str(err).split())
