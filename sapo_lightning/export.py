@@ -6,6 +6,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import torch
 import yaml
@@ -20,7 +21,9 @@ RUN_ONLY_KEYS = ("ckpt_path", "weights_only")
 EXPORT_TRAINER = {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto", "logger": False}
 
 
-def export(ckpt_path: str, output: str, config: str | None = None) -> None:
+def export(
+    ckpt_path: str, output: str, config: str | None = None, lora: Literal["merged", "adapter"] = "merged"
+) -> None:
     """Load a checkpoint into the run's model and write its policy with ``save_pretrained``.
 
     Args:
@@ -28,6 +31,10 @@ def export(ckpt_path: str, output: str, config: str | None = None) -> None:
         output: Directory to write, new or empty; ``AutoModelForCausalLM.from_pretrained`` and
             ``AutoTokenizer.from_pretrained`` load it.
         config: The run's config; null: ``<version_dir>/config.yaml``, beside ``checkpoints/``.
+        lora: For a LoRA policy: ``merged`` writes the base model with the adapters merged in,
+            a plain ``transformers`` model; ``adapter`` writes the PEFT adapter only, which
+            ``peft.PeftModel.from_pretrained(base, output)`` loads onto the base model (the
+            policy's ``path``; a ``model_config`` base is written to ``output/base``).
     """
     checkpoint = Path(ckpt_path)
     if not checkpoint.is_file():
@@ -43,10 +50,12 @@ def export(ckpt_path: str, output: str, config: str | None = None) -> None:
     if not callable(getattr(module.policy, "export", None)):
         fail("model.policy", "a policy that can export itself (sapo_lightning.text.policy.CausalLMPolicy)",
              type(module.policy).__name__)
+    if lora == "adapter" and not getattr(module.policy, "has_lora", False):
+        fail("lora", "merged for a policy without LoRA adapters (model.policy.init_args.lora is null)", lora)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module.on_load_checkpoint(state)  # the run's frozen weights and copies, as fit restores them
     module.load_state_dict(state["state_dict"])
-    module.policy.export(str(target))
+    module.policy.export(str(target), lora=lora)
     print(f"wrote {target}")
 
 

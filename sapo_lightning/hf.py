@@ -16,6 +16,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from sapo_lightning.checks import ConfigError, check_choice, check_positive, fail
+from sapo_lightning.lora import LoRA, apply_lora, base_model
 from sapo_lightning.policies import Policy, Rollout, Scores, check_token_queries, decode, token_scores
 from sapo_lightning.tasks import Task
 
@@ -47,6 +48,10 @@ class HFCausalLMPolicy(Policy):
       ``AutoModelForCausalLM.from_config``: randomly initialised from the global torch seed
       (the run's ``seed_everything``), no file needed.
 
+    With ``lora``, the model is wrapped by PEFT and only the adapters train: π_old and the
+    reference are copies of the adapters on the one shared base model, and checkpoints hold
+    the adapters, not the base weights (``pip install "sapo-lightning[peft]"``).
+
     Updates run the model in train mode: a config that sets dropout (GPT-2's default is 0.1)
     scores with dropout, so π_θ ≠ π_old even at the first update; set its dropout to 0 for
     exact on-policy ratios (Llama-style models have none).
@@ -62,6 +67,8 @@ class HFCausalLMPolicy(Policy):
         stop_when_done: End decoding once every response has ended. Set false under FSDP,
             where every rank must run the same number of forward passes.
         gradient_checkpointing: Recompute activations in backward to save memory.
+        lora: Train LoRA adapters (rank, alpha, dropout, target modules) instead of every
+            weight; null trains the whole model.
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class HFCausalLMPolicy(Policy):
         dtype: str = "float32",
         stop_when_done: bool = True,
         gradient_checkpointing: bool = False,
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__()
         check_token_queries("HFCausalLMPolicy", task)
@@ -86,7 +94,7 @@ class HFCausalLMPolicy(Policy):
         self.eos_token = task.eos_token
         self.pad_token = 0 if task.eos_token is None else task.eos_token  # decode's fill after EOS
         self.stop_when_done = stop_when_done
-        self.model = load_causal_lm(path, model_config, dtype, gradient_checkpointing)
+        self.model = load_causal_lm(path, model_config, dtype, gradient_checkpointing, lora)
         model_vocab = self.model.get_output_embeddings().weight.shape[0]
         if token_ids is None and tokenizer is not None:
             token_ids = _token_ids_from_tokenizer(task, tokenizer)
@@ -147,9 +155,14 @@ class HFCausalLMPolicy(Policy):
 
 
 def load_causal_lm(
-    path: str | None, model_config: dict[str, Any] | None, dtype: str, gradient_checkpointing: bool
+    path: str | None,
+    model_config: dict[str, Any] | None,
+    dtype: str,
+    gradient_checkpointing: bool,
+    lora: LoRA | dict[str, Any] | None = None,
 ) -> PreTrainedModel:
-    """A causal LM from a local ``save_pretrained`` directory or, randomly initialised, from a config mapping."""
+    """A causal LM from a local ``save_pretrained`` directory or, randomly initialised, from a config
+    mapping; with ``lora``, wrapped by PEFT with only the adapters trainable."""
     if (path is None) == (model_config is None):
         raise ConfigError(
             f"exactly one of path and model_config must be given; got path={path!r}, model_config={model_config!r}"
@@ -163,12 +176,16 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_config(_model_config(model_config), dtype=getattr(torch, dtype))
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if lora is not None:
+        if gradient_checkpointing:  # the frozen embeddings' output must carry a gradient into the checkpoints
+            model.enable_input_require_grads()
+        model = apply_lora(model, lora)
     return model
 
 
 def cache_argument(model: PreTrainedModel) -> str:
     """Name of the KV-cache argument of ``model.forward`` and attribute of its output."""
-    forward_args = inspect.signature(model.forward).parameters
+    forward_args = inspect.signature(base_model(model).forward).parameters  # a PEFT wrapper takes **kwargs
     return "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5
 
 

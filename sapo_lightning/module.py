@@ -126,7 +126,8 @@ class RLModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Frozen policy weights (a LoRA base model) are rebuilt from the config; only what trains is saved.
-        for name, param in self.policy.named_parameters():
+        # Every name of a shared weight (a tied output layer) goes, not only the first one.
+        for name, param in self.policy.named_parameters(remove_duplicate=False):
             if not param.requires_grad:
                 checkpoint["state_dict"].pop(f"policy.{name}", None)
 
@@ -156,7 +157,8 @@ class RLModule(LightningModule):
         return self
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.policy.parameters())
+        # the trainable parameters only: with LoRA, the adapters (the frozen base gets no state)
+        return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
 
     # -- training ------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:

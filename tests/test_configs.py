@@ -19,21 +19,25 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASES = ["sapo", "transformer", "hf_tiny", "text_tiny"]  # full configs, each runs alone
 OBJECTIVES = ["grpo", "dapo", "dr_grpo", "gspo", "cispo"]  # configs/objectives/<name>.yaml
 DDP = CONFIGS / "ddp.yaml"  # an overlay beside the full configs
+LORA = CONFIGS / "lora.yaml"  # an overlay for the Hugging Face configs: LoRA adapters instead of every weight
+LORA_BASES = ["hf_tiny", "text_tiny"]
 RECIPE = CONFIGS / "text_gsm8k.yaml"  # a real model on a GPU: parsed, and built with a tiny stand-in
 HF = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="hf_tiny needs the [hf] extra")
+PEFT = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="lora needs the [peft] extra")
 
 
-def marks(base: str) -> list:
-    return [HF] if base in ("hf_tiny", "text_tiny") else []
+def marks(base: str, name: str | None = None) -> list:
+    return ([HF] if base in ("hf_tiny", "text_tiny") else []) + ([PEFT] if name == "lora" else [])
 
 
 def case(base: str, name: str | None = None):
     """One (base, objective overlay) pair as a test parameter."""
-    return pytest.param(base, name, id=f"{base}+{name}" if name else base, marks=marks(base))
+    return pytest.param(base, name, id=f"{base}+{name}" if name else base, marks=marks(base, name))
 
 
 # (base, objective overlay) pairs that are run; every pair is resolved
 RUNS = [case(base) for base in BASES] + [case("sapo", name) for name in OBJECTIVES] + [case("transformer", "grpo"), case("hf_tiny", "cispo")]
+RUNS += [case(base, "lora") for base in LORA_BASES]
 # a few quick steps: validate and save at step 2, small validation and batch for the token tasks
 QUICK = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
          "--trainer.enable_progress_bar=false", "--data.val_size=16"]
@@ -56,7 +60,7 @@ def config_args(base: str, *overlays: Path) -> list[str]:
 
 
 def overlay(name: str) -> Path:
-    return CONFIGS / "objectives" / f"{name}.yaml"
+    return LORA if name == "lora" else CONFIGS / "objectives" / f"{name}.yaml"
 
 
 def resolve(capsys, args: list[str]) -> dict:
@@ -94,6 +98,7 @@ def dotted_keys(tree: dict, prefix: str = "") -> list[str]:
 def test_the_tests_cover_every_shipped_config():
     shipped = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if p.parent.name != "studies"}
     covered = {f"{b}.yaml" for b in BASES} | {f"objectives/{o}.yaml" for o in OBJECTIVES} | {"ddp.yaml", RECIPE.name}
+    covered |= {LORA.name}
     assert shipped == covered
 
 
@@ -130,6 +135,14 @@ def test_ddp_overlay_sets_only_the_processes(capsys):
     assert without(resolved, keys) == without(resolve(capsys, config_args("sapo")), keys)
 
 
+@pytest.mark.parametrize("base", [pytest.param(base, marks=marks(base)) for base in LORA_BASES])
+def test_lora_overlay_sets_only_the_adapters_and_the_learning_rate(capsys, base):
+    resolved = resolve(capsys, config_args(base, LORA))
+    assert resolved["model"]["policy"]["init_args"]["lora"] == yaml.safe_load(LORA.read_text())["model"]["policy"]["init_args"]["lora"]
+    keys = ["model.policy.init_args.lora", "model.optimizer.init_args.lr"]
+    assert without(resolved, keys) == without(resolve(capsys, config_args(base)), keys)
+
+
 def scalars(run: Path) -> dict[str, list[float]]:
     (events,) = run.glob("events.out.tfevents.*")
     accumulator = EventAccumulator(str(events))
@@ -147,7 +160,12 @@ def test_config_trains_a_few_steps(tmp_path, base, name):
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["global_step"] == 2
     # the run used the overlay's objective: its saved config, and the diagnostics only it logs
-    saved = yaml.safe_load((run / "config.yaml").read_text())["model"]["objective"]
+    saved_model = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    saved = saved_model["objective"]
+    if name == "lora":  # the adapters trained, and only they were saved
+        assert saved_model["policy"]["init_args"]["lora"]["r"] == 8
+        assert all(".lora_" in key for key in state["state_dict"] if key.startswith("policy."))
+        name = None  # the base's objective
     if name:
         assert saved == yaml.safe_load(overlay(name).read_text())["model"]["objective"]
     else:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from sapo_lightning.checks import check_int, check_number, check_positive, fail
+from sapo_lightning.checks import check_choice, check_int, check_number, check_positive, fail
 from sapo_lightning.hf import cache_argument, load_causal_lm
+from sapo_lightning.lora import LoRA, base_model, is_peft_model
 from sapo_lightning.policies import Policy, Rollout, Scores, sample_from_logits
 from sapo_lightning.tasks import Task
 from sapo_lightning.text.prompts import Prompts
@@ -42,8 +45,12 @@ class CausalLMPolicy(Policy):
     gradient through log π_θ. With ``top_p=1`` and ``top_k=0`` it is the plain ratio of the
     tempered softmaxes.
 
-    Updates run the model in train mode: a config with dropout makes π_θ ≠ π_old even on policy;
-    set its dropout to 0 for exact on-policy ratios.
+    With ``lora``, the model is wrapped by PEFT and only the adapters train: π_old and the
+    reference are copies of the adapters on the one shared base model, and checkpoints hold
+    the adapters, not the base weights (``pip install "sapo-lightning[peft]"``).
+
+    Updates run the model in train mode: a config with dropout (or LoRA dropout) makes
+    π_θ ≠ π_old even on policy; set it to 0 for exact on-policy ratios.
 
     Args:
         task: The text task (a PromptTask): its tokenizer, max_new_tokens and stop token ids.
@@ -56,6 +63,8 @@ class CausalLMPolicy(Policy):
         gradient_checkpointing: Recompute activations in backward to save memory.
         stop_when_done: End decoding once every completion has stopped. Set false under FSDP,
             where every rank must run the same number of forward passes.
+        lora: Train LoRA adapters (rank, alpha, dropout, target modules) instead of every
+            weight; null trains the whole model.
     """
 
     def __init__(
@@ -69,6 +78,7 @@ class CausalLMPolicy(Policy):
         dtype: str = "float32",
         gradient_checkpointing: bool = False,
         stop_when_done: bool = True,
+        lora: LoRA | None = None,
     ) -> None:
         super().__init__()
         if getattr(task, "tokenizer", None) is None:
@@ -77,7 +87,8 @@ class CausalLMPolicy(Policy):
         self.temperature = check_positive("temperature", temperature)
         self.top_p = check_number("top_p", top_p, 0, 1, low_open=True)
         self.top_k = check_int("top_k", top_k, 0)
-        self.model = load_causal_lm(path, model_config, dtype, gradient_checkpointing)
+        self.model = load_causal_lm(path, model_config, dtype, gradient_checkpointing, lora)
+        self.path = None if path is None else os.path.abspath(path)  # the base an exported adapter names
         self.tokenizer = task.tokenizer
         model_vocab = self.model.get_output_embeddings().weight.shape[0]
         if len(self.tokenizer) > model_vocab:
@@ -88,7 +99,7 @@ class CausalLMPolicy(Policy):
         self.stop_when_done = stop_when_done
         self.register_buffer("stop_ids", torch.tensor(task.stop_token_ids), persistent=False)  # [S]
         self._cache_arg = cache_argument(self.model)
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(base_model(self.model).forward).parameters
 
     def _logits(self, keep: int, **inputs: Tensor) -> Any:
         """The model's output; logits at the last ``keep`` positions only where the model can skip the rest."""
@@ -138,12 +149,40 @@ class CausalLMPolicy(Policy):
         scores = truncated_scores(self.sampling_logits(out.logits[:, -steps:]), responses)  # [N, T] each
         return Scores(scores.log_probs.masked_fill(~mask, 0.0), scores.entropy.masked_fill(~mask, 0.0))
 
-    def export(self, directory: str) -> None:
-        """Write the model and tokenizer with ``save_pretrained``; ``generate()`` defaults to this sampling."""
-        self.model.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+    @property
+    def has_lora(self) -> bool:
+        """Whether the model carries LoRA adapters (the policy's ``lora`` was given)."""
+        return is_peft_model(self.model)
+
+    def export(self, directory: str, lora: str = "merged") -> None:
+        """Write the model and tokenizer with ``save_pretrained``; ``generate()`` defaults to this sampling.
+
+        A LoRA policy is written as ``lora`` says: ``merged``, the base model with the adapters
+        merged into its weights (a plain ``transformers`` model; the policy itself is untouched,
+        the merge happens on a copy); ``adapter``, the PEFT adapter only (``adapter_config.json``,
+        ``adapter_model.safetensors``), for ``peft.PeftModel.from_pretrained(base, directory)``.
+        Its ``base_model_name_or_path`` is the policy's ``path``, or for a ``model_config`` base,
+        which exists nowhere else, ``directory/base``, where the base model is written too.
+        """
+        check_choice("lora", lora, ("merged", "adapter"))
+        if lora == "adapter" and not self.has_lora:
+            fail("lora", "merged for a policy without LoRA adapters (model.policy.init_args.lora is null)", lora)
+        target = Path(directory)
+        if not self.has_lora:
+            self.model.save_pretrained(target)
+        elif lora == "merged":
+            copy.deepcopy(self.model).merge_and_unload().save_pretrained(target)
+        else:
+            base = self.path
+            if base is None:
+                base = str((target / "base").absolute())
+                copy.deepcopy(self.model).unload().save_pretrained(base)
+            config = self.model.peft_config["default"]
+            config.base_model_name_or_path = base
+            self.model.save_pretrained(target)
+        self.tokenizer.save_pretrained(target)
         generation = copy.deepcopy(self.model.generation_config)
         generation.update(do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                           max_new_tokens=self.max_new_tokens, eos_token_id=self.stop_ids.tolist(),
                           pad_token_id=self.pad_id)
-        generation.save_pretrained(directory)
+        generation.save_pretrained(target)
