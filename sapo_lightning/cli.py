@@ -59,7 +59,7 @@ class SAPOCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
-        self.model.check_trainer(self.trainer)  # before the run writes anything
+        self.model.check_trainer(self.trainer, self.datamodule)  # before the run writes anything
         config = self.config_init[self.subcommand]
         if config.get("weights_only") is None:
             config["weights_only"] = True  # a checkpoint holds tensors and plain types only

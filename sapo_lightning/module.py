@@ -93,13 +93,14 @@ class RLModule(LightningModule):
         self.grad_norm = torch.tensor(math.nan)  # of the last update, set in on_before_optimizer_step
 
     # -- the loop's invariants and state ---------------------------------------------------
-    def check_trainer(self, trainer: Trainer) -> None:
-        """Refuse a Trainer this loop cannot run with (called by ``setup``; the CLI calls it before writing)."""
+    def check_trainer(self, trainer: Trainer, datamodule: Any = None) -> None:
+        """Refuse a Trainer (and data) this loop cannot run with (called by ``setup``; the CLI calls it
+        before writing, when the data module is not yet attached to the Trainer)."""
         max_steps, updates = trainer.max_steps, self.updates_per_rollout
         if max_steps > 0 and max_steps % updates:
             fail("trainer.max_steps", f"a multiple of model.updates_per_rollout={updates} "
                  f"(a rollout batch makes {updates} optimizer steps)", max_steps)
-        batch_size = getattr(trainer.datamodule, "batch_size", None)
+        batch_size = getattr(datamodule or trainer.datamodule, "batch_size", None)
         if self.micro_batch_size is not None and batch_size is not None:
             responses = batch_size * self.group_size
             if responses % self.micro_batch_size:

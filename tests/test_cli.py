@@ -104,6 +104,9 @@ BAD_INPUT = [
     (["--sync.every_n_steps=0"], "every_n_steps must be an integer >= 1"),
     (["--model.optimizer.init_args.lr=0"], "lr must be a finite number > 0"),
     (["--model.optimizer.init_args.lr=-0.001"], "lr must be a finite number > 0"),
+    (["--model.micro_batch_size=0"], "micro_batch_size must be an integer >= 1 or null; got 0"),
+    (["--model.micro_batch_size=7"], "model.micro_batch_size must be a divisor of the batch's 64 responses"),
+    (["--model.beta=-0.5"], "beta must be a finite number >= 0; got -0.5"),
 ]
 
 
