@@ -19,6 +19,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 BASES = ["sapo", "transformer", "hf_tiny", "text_tiny"]  # full configs, each runs alone
 OBJECTIVES = ["grpo", "dapo", "dr_grpo", "gspo", "cispo"]  # configs/objectives/<name>.yaml
 DDP = CONFIGS / "ddp.yaml"  # an overlay beside the full configs
+FSDP = CONFIGS / "fsdp.yaml"  # an overlay for the HF configs; its 2-process run is tests/test_fsdp.py
 RECIPE = CONFIGS / "text_gsm8k.yaml"  # a real model on a GPU: parsed, and built with a tiny stand-in
 HF = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="hf_tiny needs the [hf] extra")
 
@@ -93,7 +94,7 @@ def dotted_keys(tree: dict, prefix: str = "") -> list[str]:
 
 def test_the_tests_cover_every_shipped_config():
     shipped = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if p.parent.name != "studies"}
-    covered = {f"{b}.yaml" for b in BASES} | {f"objectives/{o}.yaml" for o in OBJECTIVES} | {"ddp.yaml", RECIPE.name}
+    covered = {f"{b}.yaml" for b in BASES} | {f"objectives/{o}.yaml" for o in OBJECTIVES} | {"ddp.yaml", FSDP.name, RECIPE.name}
     assert shipped == covered
 
 
@@ -128,6 +129,20 @@ def test_ddp_overlay_sets_only_the_processes(capsys):
     assert (resolved["trainer"]["devices"], resolved["trainer"]["strategy"], resolved["trainer"]["num_nodes"]) == (2, "ddp", 1)
     keys = dotted_keys(yaml.safe_load(DDP.read_text()))
     assert without(resolved, keys) == without(resolve(capsys, config_args("sapo")), keys)
+
+
+@HF
+@pytest.mark.parametrize("base", ["hf_tiny", "text_tiny"])
+def test_fsdp_overlay_sets_only_the_strategy_and_equal_forward_passes(capsys, base):
+    """Resolved here; run (2 CPU processes, FSDP2 over gloo) by tests/test_fsdp.py, slow, in a subprocess."""
+    resolved = resolve(capsys, config_args(base, FSDP))
+    strategy = resolved["trainer"]["strategy"]
+    assert strategy["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    assert strategy["init_args"]["data_parallel_size"] == resolved["trainer"]["devices"] == 2
+    assert strategy["init_args"]["tensor_parallel_size"] == 1
+    assert resolved["model"]["policy"]["init_args"]["stop_when_done"] is False
+    keys = dotted_keys(yaml.safe_load(FSDP.read_text()))
+    assert without(resolved, keys) == without(resolve(capsys, config_args(base)), keys)
 
 
 def scalars(run: Path) -> dict[str, list[float]]:
