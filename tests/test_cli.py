@@ -104,6 +104,11 @@ BAD_INPUT = [
     (["--sync.every_n_steps=0"], "every_n_steps must be an integer >= 1"),
     (["--model.optimizer.init_args.lr=0"], "lr must be a finite number > 0"),
     (["--model.optimizer.init_args.lr=-0.001"], "lr must be a finite number > 0"),
+    (["--trainer.precision=foo"], "trainer.precision must be one of transformer-engine, transformer-engine-float16, "
+     "16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, 64, 32, 16, bf16; got foo"),
+    # Lightning would run float16 autocast and its gradient scaler on the CPU; the issue asks for a GPU
+    (["--trainer.precision=16-mixed"], "trainer.precision must be 32-true, bf16-mixed or bf16-true on a CPU "
+     "(16-mixed needs --trainer.accelerator=gpu); got 16-mixed with trainer.accelerator=cpu"),
 ]
 
 
