@@ -4,6 +4,7 @@ LoRA, and with a lagged π_old (the copy that every_n_steps=1 does not build).
     python benchmarks/scale.py                               # CPU, sizes 4M and 30M, 3 steps per case
     python benchmarks/scale.py --device cuda --batch 64      # on a GPU: torch.cuda.max_memory_allocated
     python benchmarks/scale.py --sizes 4M --steps 5 --lora   # LoRA too (n/a if the installed code has none)
+    python benchmarks/scale.py --cases plain lora            # only some cases
 
 Each case is ``sapo-lightning fit --config configs/hf_tiny.yaml`` (the real CLI, in a process of its
 own; see ``step_probe.py``) with a random Llama built from its config, on Copy of 8 symbols with up to
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per case (the first is a warm-up)")
     parser.add_argument("--batch", type=int, default=8, help="queries per step (x 8 responses)")
     parser.add_argument("--lora", action="store_true", help="also the LoRA case (n/a if not supported)")
+    parser.add_argument("--cases", nargs="+", help="only these cases (plain, micro, bf16-mixed, lora, lagged)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per case (CPU)")
     args = parser.parse_args()
     load = os.getloadavg()
@@ -86,7 +88,9 @@ def main() -> None:
     failed = False
     for size in args.sizes:
         plain = None
-        for name, extra in cases(args.batch, args.lora).items():
+        for name, extra in cases(args.batch, args.lora or "lora" in (args.cases or [])).items():
+            if args.cases and name not in args.cases:
+                continue
             if extra is None:
                 print(f"| {size} | | {name} | n/a (HFCausalLMPolicy has no lora argument here) | | | |", flush=True)
                 continue
