@@ -6,10 +6,12 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
+import torch
 import yaml
 from jsonargparse import ArgumentError
+from lightning.fabric.connector import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
@@ -20,6 +22,12 @@ from sapo_lightning.checks import ConfigError
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.module import RLModule
 from sapo_lightning.text.rewards import RewardFunctionError
+
+#: trainer.precision's values, as the one-line error lists them (Lightning's own spellings)
+PRECISIONS = ", ".join(dict.fromkeys(str(v) for t in (_PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS,
+                                                      _PRECISION_INPUT_INT) for v in get_args(t)))
+#: float16 autocast with a gradient scaler: CUDA only here (Lightning would run it on a CPU, unchecked)
+GPU_ONLY_PRECISIONS = {"16-mixed", "16", 16}
 
 #: What every run gets unless the config says otherwise: see :class:`RunCheckpoint`.
 CHECKPOINT_DEFAULTS = {
@@ -50,6 +58,10 @@ class SAPOCLI(LightningCLI):
         parser.add_class_arguments(RunCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
         parser.set_defaults(CHECKPOINT_DEFAULTS)
 
+    def before_instantiate_classes(self) -> None:
+        trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
+        check_precision(trainer.precision, trainer.accelerator)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         if config.trainer.enable_checkpointing is not False:
@@ -69,6 +81,23 @@ class SAPOCLI(LightningCLI):
             config["ckpt_path"] = find_last(root)
             if config["ckpt_path"] is None:
                 rank_zero_warn(f"--ckpt_path last: no last.ckpt under {root}; starting a new run")
+
+
+def check_precision(precision: Any, accelerator: Any) -> None:
+    """Refuse float16 mixed precision off a GPU: its autocast and gradient scaler are for CUDA."""
+    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+    if precision in GPU_ONLY_PRECISIONS and on_cpu:
+        raise ConfigError(f"trainer.precision must be 32-true, bf16-mixed or bf16-true on a CPU (16-mixed needs "
+                          f"--trainer.accelerator=gpu); got {precision} with trainer.accelerator={accelerator}")
+
+
+def _precision_error(err: ArgumentError) -> ConfigError | ArgumentError:
+    """jsonargparse's page of union subtypes for a bad trainer.precision, as one short line."""
+    message = str(err)
+    if 'key "trainer.precision"' not in message:
+        return err
+    given = message.rsplit("Given value:", 1)[-1].strip() if "Given value:" in message else "?"
+    return ConfigError(f"trainer.precision must be one of {PRECISIONS}; got {given}")
 
 
 def check_yaml_files(args: list[str]) -> None:
@@ -109,8 +138,10 @@ def main(args: list[str] | None = None) -> None:
             parser_kwargs={"exit_on_error": False},
             save_config_kwargs={"overwrite": False},
         )
-    except (ConfigError, ArgumentError) as err:
+    except ConfigError as err:
         _exit_with(err, 2)
+    except ArgumentError as err:
+        _exit_with(_precision_error(err), 2)
     except RewardFunctionError as err:  # the user's code failed mid-run; the checkpoints written so far stay
         _exit_with(err, 1)
 

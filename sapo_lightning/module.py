@@ -15,10 +15,11 @@ from torchmetrics import MeanMetric
 
 from sapo_lightning.advantages import GroupAdvantages, check_group, group_advantages_with_stats
 from sapo_lightning.checks import ConfigError, check_int, check_number, check_positive, fail
-from sapo_lightning.frozen import Frozen, evaluating, freeze, refresh, state_from_policy
+from sapo_lightning.frozen import Frozen, WeightSnapshot, evaluating, freeze, refresh, state_from_policy
 from sapo_lightning.metrics import Diagnostics, combine_micro_batches
 from sapo_lightning.objectives import Objective, aggregate, k3_kl, masked_mean, micro_batch_share
 from sapo_lightning.policies import Policy, Rollout, concat_rollouts
+from sapo_lightning.sharding import data_parallel_mesh, shard
 from sapo_lightning.tasks import Rewards, Task
 
 
@@ -87,6 +88,7 @@ class RLModule(LightningModule):
         self.old_policy: Frozen = None
         self.ref_policy: Frozen = None
         self.keep_old_copy(True)  # OldPolicySync decides; without it π_old stays the initial policy
+        self._sharded = False  # by configure_model, under ModelParallelStrategy (FSDP2)
         self.train_diagnostics = Diagnostics()
         self.pass_k = check_int("pass_k", pass_k, 1, allow_none=True)
         self.eval_metrics = nn.ModuleDict()  # "val/<name>" -> MeanMetric, made at the first evaluation
@@ -118,12 +120,25 @@ class RLModule(LightningModule):
 
     def configure_model(self) -> None:
         # Before any strategy wraps the policy, and before a checkpoint is restored into the copies.
-        if self._trainer is not None and self.trainer.state.fn != "fit":
-            return  # evaluation samples from π_θ only
-        if self._keep_old_copy and self.old_policy is None:
-            self.old_policy = freeze(self.policy)
-        if self.beta > 0 and self.ref_policy is None:
-            self.ref_policy = freeze(self.policy)
+        if self._trainer is None or self.trainer.state.fn == "fit":  # evaluation samples from π_θ only
+            if self._keep_old_copy and self.old_policy is None:
+                self.old_policy = freeze(self.policy)
+            if self.beta > 0 and self.ref_policy is None:
+                self.ref_policy = freeze(self.policy)
+        if self._trainer is not None and self.device_mesh is not None and not self._sharded:
+            self._shard(data_parallel_mesh(self.device_mesh))
+
+    def _shard(self, mesh: Any) -> None:
+        """ModelParallelStrategy (FSDP2): the policy and its full copies, sharded alike (see
+        :mod:`sapo_lightning.sharding`); a weight snapshot is retaken from the sharded parameters."""
+        shard(self.policy, mesh)
+        for frozen in (self.old_policy, self.ref_policy):
+            if isinstance(frozen, Policy):
+                shard(frozen, mesh, frozen=True)
+        for name in ("old_policy", "ref_policy"):
+            if isinstance(getattr(self, name), WeightSnapshot):
+                setattr(self, name, WeightSnapshot(self.policy))
+        self._sharded = True
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Frozen policy weights (a LoRA base model) are rebuilt from the config; only what trains is saved.
@@ -220,7 +235,10 @@ class RLModule(LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Called inside optimizer.step(), after any AMP unscale: norm and clip see the true gradients.
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        self.grad_norm = torch.nn.utils.get_total_norm(grads).detach().to(self.device)  # CPU if no gradient
+        norm = torch.nn.utils.get_total_norm(grads).detach()
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor over the sharded gradients
+            norm = norm.full_tensor()
+        self.grad_norm = norm.to(self.device)  # CPU if no gradient
         if self.max_grad_norm is not None:
             self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
 

@@ -21,6 +21,7 @@ OBJECTIVES = ["grpo", "dapo", "dr_grpo", "gspo", "cispo"]  # configs/objectives/
 DDP = CONFIGS / "ddp.yaml"  # an overlay beside the full configs
 LORA = CONFIGS / "lora.yaml"  # an overlay for the Hugging Face configs: LoRA adapters instead of every weight
 LORA_BASES = ["hf_tiny", "text_tiny"]
+FSDP = CONFIGS / "fsdp.yaml"  # an overlay for the HF configs; its 2-process run is tests/test_fsdp.py
 RECIPE = CONFIGS / "text_gsm8k.yaml"  # a real model on a GPU: parsed, and built with a tiny stand-in
 HF = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="hf_tiny needs the [hf] extra")
 PEFT = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="lora needs the [peft] extra")
@@ -98,7 +99,7 @@ def dotted_keys(tree: dict, prefix: str = "") -> list[str]:
 def test_the_tests_cover_every_shipped_config():
     shipped = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if p.parent.name != "studies"}
     covered = {f"{b}.yaml" for b in BASES} | {f"objectives/{o}.yaml" for o in OBJECTIVES} | {"ddp.yaml", RECIPE.name}
-    covered |= {LORA.name}
+    covered |= {LORA.name, FSDP.name}
     assert shipped == covered
 
 
@@ -140,6 +141,20 @@ def test_lora_overlay_sets_only_the_adapters_and_the_learning_rate(capsys, base)
     resolved = resolve(capsys, config_args(base, LORA))
     assert resolved["model"]["policy"]["init_args"]["lora"] == yaml.safe_load(LORA.read_text())["model"]["policy"]["init_args"]["lora"]
     keys = ["model.policy.init_args.lora", "model.optimizer.init_args.lr"]
+    assert without(resolved, keys) == without(resolve(capsys, config_args(base)), keys)
+
+
+@HF
+@pytest.mark.parametrize("base", ["hf_tiny", "text_tiny"])
+def test_fsdp_overlay_sets_only_the_strategy_and_equal_forward_passes(capsys, base):
+    """Resolved here; run (2 CPU processes, FSDP2 over gloo) by tests/test_fsdp.py, slow, in a subprocess."""
+    resolved = resolve(capsys, config_args(base, FSDP))
+    strategy = resolved["trainer"]["strategy"]
+    assert strategy["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    assert strategy["init_args"]["data_parallel_size"] == resolved["trainer"]["devices"] == 2
+    assert strategy["init_args"]["tensor_parallel_size"] == 1
+    assert resolved["model"]["policy"]["init_args"]["stop_when_done"] is False
+    keys = dotted_keys(yaml.safe_load(FSDP.read_text()))
     assert without(resolved, keys) == without(resolve(capsys, config_args(base)), keys)
 
 
