@@ -260,7 +260,7 @@ def _lightning_callback_base():
 class OursProbe(_lightning_callback_base()):
     """A Lightning callback that wraps the module's methods with a :class:`PhaseClock` and saves its report.
 
-    Phases: ``generate`` (old_policy.sample), ``reward`` (task.rewards), ``score`` (policy.score, the
+    Phases: ``generate`` (π_old's sample), ``reward`` (task.rewards), ``score`` (policy.score, the
     forward with gradients), ``objective`` (the loss), ``backward`` (manual_backward), ``optimizer``
     (the optimizer's step, which runs ``clip``: on_before_optimizer_step's norm and clipping), ``sync``
     (π_old ← π_θ).
@@ -270,8 +270,12 @@ class OursProbe(_lightning_callback_base()):
         self.out, self.start_wall, self.clock = out, start_wall, PhaseClock()
 
     def on_train_start(self, trainer, pl_module) -> None:
+        import torch
+
         clock = self.clock
-        clock.wrap(pl_module.old_policy, "sample", "generate")
+        # π_old samples: a frozen copy when it lags, else (sync every step, as here) the policy itself
+        behaviour = pl_module.old_policy if isinstance(pl_module.old_policy, torch.nn.Module) else pl_module.policy
+        clock.wrap(behaviour, "sample", "generate")
         clock.wrap(pl_module.policy, "score", "score")
         clock.wrap(pl_module, "objective", "objective")  # a plain callable object, not a Module
         clock.wrap(pl_module, "manual_backward", "backward")
