@@ -11,10 +11,11 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentError
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar as AnyProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
-from sapo_lightning.callbacks import OldPolicySync
+from sapo_lightning.callbacks import OldPolicySync, ProgressBar
 from sapo_lightning.checkpointing import RunCheckpoint, find_last
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.data import QueryDataModule
@@ -36,7 +37,8 @@ class SAPOCLI(LightningCLI):
     Every run saves ``step=N.ckpt`` and ``last.ckpt`` in its own version directory, every
     ``checkpoint.every_n_train_steps`` steps and when it ends, through a writer that is
     atomic under ``kill -9``; ``fit --ckpt_path last`` resumes from the newest ``last.ckpt`` of
-    any run under the same root, loading with ``weights_only=True``.
+    any run under the same root, loading with ``weights_only=True``. Unless the config names a
+    progress bar (or turns it off), the bar is :class:`ProgressBar`, redrawn twice a second.
     """
 
     @staticmethod
@@ -52,10 +54,13 @@ class SAPOCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        callbacks = config.trainer.callbacks or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.trainer.enable_checkpointing is not False:
-            callbacks = config.trainer.callbacks or []
-            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-            kwargs["callbacks"] = [*callbacks, config.checkpoint]
+            callbacks.append(config.checkpoint)
+        if config.trainer.enable_progress_bar is not False and not any(isinstance(c, AnyProgressBar) for c in callbacks):
+            callbacks.append(ProgressBar())  # redrawn twice a second, not after every batch
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
