@@ -22,11 +22,13 @@ from sapo_lightning.data import QueryDataModule
 from sapo_lightning.module import RLModule
 from sapo_lightning.text.rewards import RewardFunctionError
 
-#: What every run gets unless the config says otherwise: see :class:`RunCheckpoint`.
+#: What every run gets unless the config says otherwise: see :class:`RunCheckpoint`. Every 500 steps
+#: (as Hugging Face's Trainer): each save is two fsync'ed files, ~10 ms each on a VM disk, which every
+#: 50 steps cost the seed run ~0.4 ms a step (docs/benchmarks.md); a run of slow steps can ask for more.
 CHECKPOINT_DEFAULTS = {
     "checkpoint.filename": "{step}",
     "checkpoint.save_last": True,
-    "checkpoint.every_n_train_steps": 50,
+    "checkpoint.every_n_train_steps": 500,
     "trainer.plugins": {"class_path": "sapo_lightning.checkpointing.AtomicCheckpointIO"},
 }
 
