@@ -59,7 +59,7 @@ class ProgressBar(TQDMProgressBar):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         now = time.monotonic()
-        last = trainer.global_step >= trainer.max_steps > 0 or batch_idx + 1 == self.total_train_batches
+        last = trainer.global_step >= trainer.max_steps > 0 or batch_idx + 1 == trainer.num_training_batches
         if now - self._last_draw < self.refresh_interval and not last:
             return
         self._last_draw = now
