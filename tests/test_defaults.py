@@ -1,16 +1,18 @@
-"""The CLI's defaults that exist to save time: a progress bar redrawn twice a second, a checkpoint every 500 steps."""
+"""What exists to save time: the CLI's progress bar redrawn twice a second, a checkpoint every 500 steps,
+and gradient clipping with the norm already taken for ``train/grad_norm``."""
 
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from sapo_lightning import callbacks
+from sapo_lightning import callbacks, module
 from sapo_lightning.callbacks import ProgressBar
 from sapo_lightning.checks import ConfigError
-from sapo_lightning.cli import SAPOCLI
+from sapo_lightning.cli import SAPOCLI, main
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.module import RLModule
 
@@ -57,3 +59,17 @@ def test_the_bar_redraws_at_most_once_per_interval_and_always_at_the_end(monkeyp
 def test_refresh_interval_is_checked():
     with pytest.raises(ConfigError, match="refresh_interval must be a number of seconds >= 0"):
         ProgressBar(refresh_interval=-1)
+
+
+def test_clipping_with_the_logged_norm_is_lightnings_clipping_bit_for_bit(tmp_path, monkeypatch):
+    def fit(root):  # a max norm small enough that every step clips
+        main(["fit", "--config", CONFIG, f"--trainer.default_root_dir={root}", "--trainer.max_steps=20",
+              "--model.max_grad_norm=0.05", "--trainer.enable_progress_bar=false", "--data.val_size=8"])
+        (ckpt,) = (root / "lightning_logs" / "version_0" / "checkpoints").glob("step=20.ckpt")
+        return torch.load(ckpt, weights_only=True)["state_dict"]
+
+    shortcut = fit(tmp_path / "shortcut")
+    monkeypatch.setattr(module, "Precision", type("NotThePlugin", (), {}))  # take Lightning's clip_gradients
+    lightning = fit(tmp_path / "lightning")
+    assert shortcut.keys() == lightning.keys()
+    assert all(torch.equal(shortcut[k], lightning[k]) for k in shortcut)
