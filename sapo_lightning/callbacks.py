@@ -1,12 +1,15 @@
-"""The callback that refreshes the behaviour (old) policy."""
+"""The callbacks the CLI adds: the old-policy sync and a progress bar that redraws a few times a second."""
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import TQDMProgressBar
 
-from sapo_lightning.checks import check_int
+from sapo_lightning.checks import check_int, fail
 from sapo_lightning.schedule import crossed_multiple
 
 
@@ -37,3 +40,34 @@ class OldPolicySync(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if crossed_multiple(trainer.global_step, pl_module.updates_per_rollout, self.every_n_steps):
             pl_module.sync_old_policy()
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, redrawn at most every ``refresh_interval`` seconds (the CLI's default bar).
+
+    Lightning's bars (tqdm, or rich when it is installed) redraw after every batch: at the seed
+    size that is hundreds of redraws a second, each rendering the line and the logged metrics,
+    which a person cannot read and which cost the run time (see docs/benchmarks.md). This one
+    skips the redraw of a training batch that ends less than ``refresh_interval`` after the last
+    redraw; the last batch of the run is always drawn, and so are the validation and test bars.
+
+    Args:
+        refresh_interval: Least seconds between two redraws of the training bar; 0 redraws at
+            every batch.
+    """
+
+    def __init__(self, refresh_interval: float = 0.5, process_position: int = 0, leave: bool = False) -> None:
+        super().__init__(refresh_rate=1, process_position=process_position, leave=leave)
+        if not refresh_interval >= 0:
+            fail("refresh_interval", "a number of seconds >= 0", refresh_interval)
+        self.refresh_interval = refresh_interval
+        self._last_draw = -math.inf
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = time.monotonic()
+        last = trainer.global_step >= trainer.max_steps > 0 or batch_idx + 1 == trainer.num_training_batches
+        if now - self._last_draw < self.refresh_interval and not last:
+            return
+        self._last_draw = now
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

@@ -89,7 +89,7 @@ class RunCheckpoint(ModelCheckpoint):
         every_n_train_steps: Optimizer steps between saves; 0 or null saves only at the end of the run.
     """
 
-    def __init__(self, every_n_train_steps: int | None = 50, **kwargs: Any) -> None:
+    def __init__(self, every_n_train_steps: int | None = 500, **kwargs: Any) -> None:
         self.every_n_steps = check_int("every_n_train_steps", every_n_train_steps, 0, allow_none=True) or 0
         super().__init__(every_n_train_steps=1, **kwargs)  # ModelCheckpoint saves whenever it is asked to
 

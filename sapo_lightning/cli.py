@@ -13,10 +13,11 @@ import yaml
 from jsonargparse import ArgumentError
 from lightning.fabric.connector import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ProgressBar as AnyProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
-from sapo_lightning.callbacks import OldPolicySync
+from sapo_lightning.callbacks import OldPolicySync, ProgressBar
 from sapo_lightning.checkpointing import RunCheckpoint, find_last
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.data import QueryDataModule
@@ -29,11 +30,13 @@ PRECISIONS = ", ".join(dict.fromkeys(str(v) for t in (_PRECISION_INPUT_STR, _PRE
 #: float16 autocast with a gradient scaler: CUDA only here (Lightning would run it on a CPU, unchecked)
 GPU_ONLY_PRECISIONS = {"16-mixed", "16", 16}
 
-#: What every run gets unless the config says otherwise: see :class:`RunCheckpoint`.
+#: What every run gets unless the config says otherwise: see :class:`RunCheckpoint`. Every 500 steps
+#: (as Hugging Face's Trainer): each save is two fsync'ed files, ~10 ms each on a VM disk, which every
+#: 50 steps cost the seed run ~0.4 ms a step (docs/benchmarks.md); a run of slow steps can ask for more.
 CHECKPOINT_DEFAULTS = {
     "checkpoint.filename": "{step}",
     "checkpoint.save_last": True,
-    "checkpoint.every_n_train_steps": 50,
+    "checkpoint.every_n_train_steps": 500,
     "trainer.plugins": {"class_path": "sapo_lightning.checkpointing.AtomicCheckpointIO"},
 }
 
@@ -44,7 +47,8 @@ class SAPOCLI(LightningCLI):
     Every run saves ``step=N.ckpt`` and ``last.ckpt`` in its own version directory, every
     ``checkpoint.every_n_train_steps`` steps and when it ends, through a writer that is
     atomic under ``kill -9``; ``fit --ckpt_path last`` resumes from the newest ``last.ckpt`` of
-    any run under the same root, loading with ``weights_only=True``.
+    any run under the same root, loading with ``weights_only=True``. Unless the config names a
+    progress bar (or turns it off), the bar is :class:`ProgressBar`, redrawn twice a second.
     """
 
     @staticmethod
@@ -64,10 +68,13 @@ class SAPOCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        callbacks = config.trainer.callbacks or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.trainer.enable_checkpointing is not False:
-            callbacks = config.trainer.callbacks or []
-            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-            kwargs["callbacks"] = [*callbacks, config.checkpoint]
+            callbacks.append(config.checkpoint)
+        if config.trainer.enable_progress_bar is not False and not any(isinstance(c, AnyProgressBar) for c in callbacks):
+            callbacks.append(ProgressBar())  # redrawn twice a second, not after every batch
+        kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:

@@ -1,5 +1,6 @@
 """examples/minimal_sapo.py is `sapo-lightning fit --config configs/sapo.yaml` without the framework,
-and the overhead benchmark times that same loop, so it compares like with like."""
+and the overhead benchmark times that same loop (and, for configs/transformer.yaml, a loop of the
+package's own pieces without Lightning), so it compares like with like."""
 
 import importlib.util
 import os
@@ -39,6 +40,12 @@ def test_fit_and_the_example_reach_the_same_parameters(overhead, tmp_path):
     # 50 steps cross 5 old-policy syncs and the step-50 validation and checkpoint:
     # `sapo-lightning fit` is rollout -> rewards -> group advantages -> SAPO -> Adam, nothing else.
     assert overhead.same_math(overhead.SIZES["seed"], 50, str(tmp_path)) == 0.0
+
+
+def test_fit_and_the_plain_library_loop_reach_the_same_parameters_at_the_transformer_config(overhead, tmp_path):
+    # the benchmark's plain side for configs/transformer.yaml: KV-cache sampling, sync every step,
+    # gradient clipping and the step-50 validation, bit for bit
+    assert overhead.same_math(overhead.SIZES["transformer"], 50, str(tmp_path), overhead.TRANSFORMER) == 0.0
 
 
 def test_a_stale_sync_would_show(overhead, tmp_path):
