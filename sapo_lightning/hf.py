@@ -111,7 +111,7 @@ class HFCausalLMPolicy(Policy):
         # model id of each task token [V]; None when the two vocabularies are the same
         self.register_buffer("vocab", None if identity else torch.tensor(token_ids), persistent=False)
         self._cache_arg = cache_argument(self.model)
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._logits_to_keep = "logits_to_keep" in inspect.signature(base_model(self.model).forward).parameters
 
     def _keep(self, positions: int) -> dict[str, int]:
         """Ask for the logits of the last ``positions`` positions only, where the model can skip the rest."""
@@ -126,9 +126,15 @@ class HFCausalLMPolicy(Policy):
     def sample(self, queries: Tensor, generator: torch.Generator | None = None, greedy: bool = False) -> Rollout:
         state = {}
 
+        group = shared_prompts(self.model, queries)
+
         def next_logits(tokens: Tensor | None) -> Tensor:
-            if tokens is None:
-                out = self.model(self._to_model(queries), use_cache=True, **self._keep(1))
+            if tokens is None:  # each distinct prompt once, its cache repeated for its group
+                out = self.model(self._to_model(queries[::group]), use_cache=True, **self._keep(1))
+                if group > 1:
+                    getattr(out, self._cache_arg).batch_repeat_interleave(group)
+                state["cache"] = getattr(out, self._cache_arg)
+                return self._restrict(out.logits[:, -1]).repeat_interleave(group, 0)  # [N, V]
             else:
                 new = self._to_model(tokens).unsqueeze(-1)  # [N, 1]
                 out = self.model(new, use_cache=True, **{self._cache_arg: state["cache"]})
@@ -148,9 +154,18 @@ class HFCausalLMPolicy(Policy):
         )
 
     def score(self, queries: Tensor, responses: Tensor) -> Scores:
-        tokens = self._to_model(torch.cat([queries, responses[:, :-1]], 1))  # [N, D + T - 1]
-        steps = responses.shape[1]
-        logits = self.model(tokens, use_cache=False, **self._keep(steps)).logits[:, -steps:]  # [N, T, V_model]
+        steps, group = responses.shape[1], shared_prompts(self.model, queries)
+        if group == 1:
+            tokens = self._to_model(torch.cat([queries, responses[:, :-1]], 1))  # [N, D + T - 1]
+            logits = self.model(tokens, use_cache=False, **self._keep(steps)).logits[:, -steps:]  # [N, T, V_model]
+        else:  # each distinct prompt once (with gradients), then every response on its prompt's cache
+            out = self.model(self._to_model(queries[::group]), use_cache=True, **self._keep(1))
+            logits = out.logits[:, -1:].repeat_interleave(group, 0)  # [N, 1, V_model]: predicts y_1
+            if steps > 1:
+                cache = getattr(out, self._cache_arg)
+                cache.batch_repeat_interleave(group)
+                rest = self.model(self._to_model(responses[:, :-1]), use_cache=True, **{self._cache_arg: cache})
+                logits = torch.cat([logits, rest.logits], 1)  # [N, T, V_model]
         return token_scores(self._restrict(logits) / self.temperature, responses)
 
 
@@ -181,6 +196,23 @@ def load_causal_lm(
             model.enable_input_require_grads()
         model = apply_lora(model, lora)
     return model
+
+
+def shared_prompts(model: torch.nn.Module, prompts: Tensor) -> int:
+    """G when ``prompts`` ``[N, ...]`` are groups of G equal consecutive rows (the G responses of each
+    query), so that a policy can run each distinct prompt once and repeat its KV cache; else 1.
+
+    1 as well under gradient checkpointing, where the model keeps no cache in training.
+    """
+    n, inner = prompts.shape[0], base_model(model)
+    checkpointing = getattr(inner, "is_activation_checkpointing", None)  # transformers 5; 4.x's name below
+    if n < 2 or (checkpointing if checkpointing is not None else getattr(inner, "is_gradient_checkpointing", False)):
+        return 1
+    rows = prompts.reshape(n, -1)
+    group = int((rows[1:] == rows[:-1]).all(-1).long().cumprod(0).sum()) + 1  # length of the first run
+    if group == 1 or n % group or not torch.equal(rows, rows[::group].repeat_interleave(group, 0)):
+        return 1
+    return group
 
 
 def cache_argument(model: PreTrainedModel) -> str:

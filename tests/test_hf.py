@@ -168,3 +168,20 @@ def test_missing_model_directory_is_one_line_and_exit_2(tmp_path, capsys, monkey
     assert err.count("\n") == 1 and err.startswith("sapo-lightning: error: path must be an existing model directory"), err
     assert f"got '{missing}'" in err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_a_group_shares_its_prompt_with_the_results_of_one_row_each(models):
+    """Copy's G responses per query are scored on the query's cache, computed once: the log-probs and
+    gradients of the same rows scored apart (shuffled so that no two equal queries are neighbours)."""
+    task = Copy(length=3)
+    policy = HFCausalLMPolicy(task, models["llama"], temperature=1.5)
+    queries = task.sample_queries(3, torch.Generator().manual_seed(0)).repeat_interleave(4, 0)  # [12, D]
+    rollout = policy.sample(queries, torch.Generator().manual_seed(0))
+    weight = policy.model.get_input_embeddings().weight
+    grouped = policy.score(queries, rollout.responses)
+    (grads_grouped,) = torch.autograd.grad(grouped.log_probs.sum(), weight)
+    order = torch.arange(12).view(3, 4).T.flatten()
+    apart = policy.score(queries[order], rollout.responses[order])
+    (grads_apart,) = torch.autograd.grad(apart.log_probs.sum(), weight)
+    torch.testing.assert_close(grouped.log_probs[order], apart.log_probs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads_grouped, grads_apart, atol=1e-5, rtol=1e-4)

@@ -241,3 +241,32 @@ def test_a_bfloat16_model_samples_and_scores_in_float32(task):
     scores = policy.score(queries, rollout.responses)
     assert rollout.log_probs.dtype == scores.log_probs.dtype == scores.entropy.dtype == torch.float32
     assert rollout.log_probs[rollout.mask].isfinite().all()  # score's may not be: see the truncation boundary
+
+
+def test_shared_prompts_detects_groups_of_equal_consecutive_rows():
+    from sapo_lightning.hf import shared_prompts
+
+    model = torch.nn.Linear(1, 1)
+    rows = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    assert shared_prompts(model, rows.repeat_interleave(4, 0)) == 4
+    assert shared_prompts(model, rows) == 1
+    assert shared_prompts(model, rows.repeat(2, 1)) == 1  # a b c a b c: no consecutive groups
+    assert shared_prompts(model, torch.tensor([[1], [1], [1], [2], [2], [3]])) == 1  # uneven runs
+
+
+@pytest.mark.parametrize("arch", CONFIGS)
+def test_a_group_shares_its_prompt_with_the_results_of_one_row_each(task, arch):
+    """Responses of a repeated prompt are scored on the prompt's cache, computed once: the log-probs and
+    gradients of rows scored apart (their order shuffled, so no two equal prompts are neighbours)."""
+    policy = make_policy(task, arch=arch).train()
+    queries = prompts(task, ["7=", "100+200+300=", "x"]).repeat_interleave(4)  # left-padded, 3 groups of 4
+    rollout = policy.sample(queries, torch.Generator().manual_seed(0))
+    grouped = policy.score(queries, rollout.responses)
+    (grads_grouped,) = [torch.autograd.grad(grouped.log_probs.sum(), policy.model.get_input_embeddings().weight)]
+    order = torch.arange(12).view(3, 4).T.flatten()  # 0 4 8 1 5 9 ...: every neighbour has another prompt
+    shuffled = Prompts(queries.input_ids[order], queries.attention_mask[order], [queries.texts[i] for i in order], {})
+    apart = policy.score(shuffled, rollout.responses[order])
+    (grads_apart,) = [torch.autograd.grad(apart.log_probs.sum(), policy.model.get_input_embeddings().weight)]
+    torch.testing.assert_close(grouped.log_probs[order], apart.log_probs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads_grouped, grads_apart, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(rollout.log_probs[rollout.mask], grouped.log_probs[rollout.mask], atol=1e-5, rtol=1e-5)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from sapo_lightning.checks import check_choice, check_int, check_number, check_positive, fail
-from sapo_lightning.hf import cache_argument, load_causal_lm
+from sapo_lightning.hf import cache_argument, load_causal_lm, shared_prompts
 from sapo_lightning.lora import LoRA, base_model, is_peft_model
 from sapo_lightning.policies import Policy, Rollout, Scores, sample_from_logits
 from sapo_lightning.tasks import Task
@@ -123,9 +123,15 @@ class CausalLMPolicy(Policy):
         log_probs = torch.zeros(n, steps, device=device)  # [N, T]
         mask = torch.zeros(n, steps, dtype=torch.bool, device=device)  # [N, T]
         done = torch.zeros(n, dtype=torch.bool, device=device)  # [N]
-        out = self._logits(1, input_ids=ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
+        group = shared_prompts(self.model, torch.cat([ids, prompt_mask], 1))
+        # each distinct prompt once, its cache repeated for its group
+        out = self._logits(1, input_ids=ids[::group], attention_mask=prompt_mask[::group],
+                           position_ids=positions[::group], use_cache=True)
+        if group > 1:
+            getattr(out, self._cache_arg).batch_repeat_interleave(group)
+        prompt_logits = out.logits[:, -1].repeat_interleave(group, 0)  # [N, V]
         for t in range(steps):
-            logits = self.sampling_logits(out.logits[:, -1])  # [N, V]
+            logits = self.sampling_logits(prompt_logits if t == 0 else out.logits[:, -1])  # [N, V]
             tokens, token_log_probs = sample_from_logits(logits, generator, greedy)  # [N] each
             live = ~done
             responses[:, t] = tokens.masked_fill(done, self.pad_id)
@@ -145,8 +151,22 @@ class CausalLMPolicy(Policy):
         ids = torch.cat([queries.input_ids, responses[:, :-1]], 1)  # [N, P + T - 1]
         attention = torch.cat([prompt_mask, mask[:, :-1].to(prompt_mask.dtype)], 1)  # [N, P + T - 1]
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        out = self._logits(steps, input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)
-        scores = truncated_scores(self.sampling_logits(out.logits[:, -steps:]), responses)  # [N, T] each
+        group = shared_prompts(self.model, torch.cat([queries.input_ids, prompt_mask], 1))
+        if group == 1:
+            out = self._logits(steps, input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)
+            logits = out.logits[:, -steps:]  # [N, T, V]
+        else:  # each distinct prompt once (with gradients), then every completion on its prompt's cache
+            p = prompt_mask.shape[1]
+            out = self._logits(1, input_ids=ids[::group, :p], attention_mask=prompt_mask[::group],
+                               position_ids=positions[::group, :p], use_cache=True)
+            logits = out.logits[:, -1:].repeat_interleave(group, 0)  # [N, 1, V]: predicts y_1
+            if steps > 1:
+                cache = getattr(out, self._cache_arg)
+                cache.batch_repeat_interleave(group)
+                rest = self._logits(steps - 1, input_ids=ids[:, p:], attention_mask=attention,
+                                    position_ids=positions[:, p:], use_cache=True, **{self._cache_arg: cache})
+                logits = torch.cat([logits, rest.logits], 1)  # [N, T, V]
+        scores = truncated_scores(self.sampling_logits(logits), responses)  # [N, T] each
         return Scores(scores.log_probs.masked_fill(~mask, 0.0), scores.entropy.masked_fill(~mask, 0.0))
 
     @property
