@@ -31,7 +31,9 @@ class HFCausalLMPolicy(Policy):
     by ``temperature``), so every sampled token is one the task can reward. Queries are the
     prompt; decoding runs token by token with the model's own KV cache and stops at the
     task's EOS or after ``task.response_len`` tokens. ``score`` is one forward pass over
-    prompt ⧺ response. The token map comes from, in this order:
+    prompt ⧺ response; when the rows are groups of G equal queries (the G responses of each),
+    sampling and ``score`` run each query once and repeat its KV cache for the group
+    (:func:`shared_prompts`). The token map comes from, in this order:
 
     - ``token_ids``: the model id of each task token, given directly;
     - ``tokenizer``: each task token's text (``task.token_texts``) must encode to exactly one

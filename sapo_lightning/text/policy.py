@@ -35,7 +35,9 @@ class CausalLMPolicy(Policy):
     restricted to the ``top_k`` most likely tokens, then to the nucleus of mass ``top_p``, and
     renormalised. The log-probs stored for π_old are under that distribution, and ``score``
     computes π_θ's under the same construction (the truncation recomputed from π_θ's own
-    logits), in one forward pass over prompt ⧺ completion.
+    logits), in one forward pass over prompt ⧺ completion. The G completions of a prompt share
+    it: sampling and ``score`` run each distinct prompt once and repeat its KV cache for the group
+    (:func:`~sapo_lightning.hf.shared_prompts`).
 
     The ratio r = π_θ(y)/π_old(y) is therefore between the two truncated distributions. On
     policy it is 1 for every sampled token, up to float error between the cached decode and
