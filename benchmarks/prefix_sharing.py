@@ -1,12 +1,13 @@
-"""What sharing a group's prompt would save in the update's forward and backward (not implemented).
+"""What sharing a group's prompt saves in the update's forward and backward.
 
     OMP_NUM_THREADS=1 python benchmarks/prefix_sharing.py
     OMP_NUM_THREADS=1 python benchmarks/prefix_sharing.py --prompt 150 --response 200 --group 8 --queries 2
 
-The G responses of a query share its prompt, yet ``score`` runs the whole prompt ⧺ response for
-each of them. The alternative runs each prompt once, with gradients, keeps its KV cache, repeats
-the cache G times (``Cache.batch_repeat_interleave``) and runs only the responses on it: the same
-log-probs and gradients up to float rounding. This measures both, alternating, on
+The G responses of a query share its prompt. The full pass runs prompt ⧺ response for each of
+them; the shared one (what the Hugging Face policies' ``score`` does, see ``hf.shared_prompts``)
+runs each prompt once, with gradients, keeps its KV cache, repeats the cache G times
+(``Cache.batch_repeat_interleave``) and runs only the responses on it: the same log-probs and
+gradients up to float rounding. This measures both, alternating, on
 ``configs/hf_tiny.yaml``'s random Llama (the Copy size by default: 16 queries x 8 responses, a
 5-token prompt, 8 response tokens), and prints the mean milliseconds of forward + backward and the
 largest difference of the log-probs and of the gradients.
