@@ -109,3 +109,22 @@ def test_bad_micro_batch_and_beta_are_refused():
         RLModule(lambda t: MLPPolicy(t), SAPO(), TASK, beta=-0.1)
     with pytest.raises(ConfigError, match=r"model.micro_batch_size must be a divisor of the batch's 32 responses"):
         fit(SAPO(), micro_batch_size=5)
+
+
+def test_ref_kl_is_logged_and_grows_from_zero(tmp_path):
+    """train/ref_kl is logged at every step: 0 at the first update, where π_θ is still the reference, > 0 once it moved."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    module = RLModule(lambda t: MLPPolicy(t, 16), SAPO(), TASK, group_size=4, beta=0.05,
+                      optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
+    Trainer(max_steps=20, logger=CSVLogger(tmp_path), log_every_n_steps=1, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(
+        module, QueryDataModule(TASK, batch_size=8, seed=0))
+    (metrics,) = tmp_path.rglob("metrics.csv")
+    values = [float(row["train/ref_kl"]) for row in csv.DictReader(metrics.open()) if row.get("train/ref_kl")]
+    assert len(values) == 20
+    assert values[0] == pytest.approx(0.0, abs=1e-6)  # the first update: π_θ is still the reference
+    assert values[-1] > 1e-4 and all(v >= 0 for v in values)
