@@ -270,11 +270,11 @@ class OursProbe(_lightning_callback_base()):
         self.out, self.start_wall, self.clock = out, start_wall, PhaseClock()
 
     def on_train_start(self, trainer, pl_module) -> None:
-        import torch
+        from sapo_lightning.policies import Policy
 
         clock = self.clock
         # π_old samples: a frozen copy when it lags, else (sync every step, as here) the policy itself
-        behaviour = pl_module.old_policy if isinstance(pl_module.old_policy, torch.nn.Module) else pl_module.policy
+        behaviour = pl_module.old_policy if isinstance(pl_module.old_policy, Policy) else pl_module.policy
         clock.wrap(behaviour, "sample", "generate")
         clock.wrap(pl_module.policy, "score", "score")
         clock.wrap(pl_module, "objective", "objective")  # a plain callable object, not a Module

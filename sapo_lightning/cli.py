@@ -6,12 +6,11 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import torch
 import yaml
 from jsonargparse import ArgumentError
-from lightning.fabric.connector import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar as AnyProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -25,8 +24,14 @@ from sapo_lightning.module import RLModule
 from sapo_lightning.text.rewards import RewardFunctionError
 
 #: trainer.precision's values, as the one-line error lists them (Lightning's own spellings)
-PRECISIONS = ", ".join(dict.fromkeys(str(v) for t in (_PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS,
-                                                      _PRECISION_INPUT_INT) for v in get_args(t)))
+def _literals(annotation: Any) -> list:
+    """The values of every ``Literal`` inside a type annotation (unions and optionals unpacked)."""
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [value for arg in get_args(annotation) for value in _literals(arg)]
+
+
+PRECISIONS = ", ".join(dict.fromkeys(str(v) for v in _literals(get_type_hints(Trainer.__init__)["precision"])))
 #: float16 autocast with a gradient scaler: CUDA only here (Lightning would run it on a CPU, unchecked)
 GPU_ONLY_PRECISIONS = {"16-mixed", "16", 16}
 

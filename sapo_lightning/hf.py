@@ -114,6 +114,7 @@ class HFCausalLMPolicy(Policy):
         self.register_buffer("vocab", None if identity else torch.tensor(token_ids), persistent=False)
         self._cache_arg = cache_argument(self.model)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(base_model(self.model).forward).parameters
+        self._share_prompts = can_share_prompts_in_training(self.model)
 
     def _keep(self, positions: int) -> dict[str, int]:
         """Ask for the logits of the last ``positions`` positions only, where the model can skip the rest."""
@@ -128,7 +129,7 @@ class HFCausalLMPolicy(Policy):
     def sample(self, queries: Tensor, generator: torch.Generator | None = None, greedy: bool = False) -> Rollout:
         state = {}
 
-        group = shared_prompts(self.model, queries)
+        group = shared_prompts(queries) if self._share_prompts or not self.model.training else 1
 
         def next_logits(tokens: Tensor | None) -> Tensor:
             if tokens is None:  # each distinct prompt once, its cache repeated for its group
@@ -156,7 +157,8 @@ class HFCausalLMPolicy(Policy):
         )
 
     def score(self, queries: Tensor, responses: Tensor) -> Scores:
-        steps, group = responses.shape[1], shared_prompts(self.model, queries)
+        steps = responses.shape[1]
+        group = shared_prompts(queries) if self._share_prompts or not self.model.training else 1
         if group == 1:
             tokens = self._to_model(torch.cat([queries, responses[:, :-1]], 1))  # [N, D + T - 1]
             logits = self.model(tokens, use_cache=False, **self._keep(steps)).logits[:, -steps:]  # [N, T, V_model]
@@ -200,21 +202,29 @@ def load_causal_lm(
     return model
 
 
-def shared_prompts(model: torch.nn.Module, prompts: Tensor) -> int:
+def shared_prompts(prompts: Tensor) -> int:
     """G when ``prompts`` ``[N, ...]`` are groups of G equal consecutive rows (the G responses of each
-    query), so that a policy can run each distinct prompt once and repeat its KV cache; else 1.
-
-    1 as well under gradient checkpointing, where the model keeps no cache in training.
-    """
-    n, inner = prompts.shape[0], base_model(model)
-    checkpointing = getattr(inner, "is_activation_checkpointing", None)  # transformers 5; 4.x's name below
-    if n < 2 or (checkpointing if checkpointing is not None else getattr(inner, "is_gradient_checkpointing", False)):
+    query), so that a policy can run each distinct prompt once and repeat its KV cache; else 1."""
+    n = prompts.shape[0]
+    if n < 2:
         return 1
     rows = prompts.reshape(n, -1)
     group = int((rows[1:] == rows[:-1]).all(-1).long().cumprod(0).sum()) + 1  # length of the first run
     if group == 1 or n % group or not torch.equal(rows, rows[::group].repeat_interleave(group, 0)):
         return 1
     return group
+
+
+def can_share_prompts_in_training(model: torch.nn.Module) -> bool:
+    """False under gradient checkpointing (the model keeps no cache in training) and with dropout (each
+    response must draw its own dropout mask on the prompt): in train mode, such a model scores every row whole."""
+    inner = base_model(model)
+    checkpointing = getattr(inner, "is_activation_checkpointing", None)  # transformers 5; 4.x's name below
+    if checkpointing is None:
+        checkpointing = getattr(inner, "is_gradient_checkpointing", False)
+    dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    dropout |= getattr(getattr(inner, "config", None), "attention_dropout", 0) > 0  # functional, in attention
+    return not checkpointing and not dropout
 
 
 def cache_argument(model: PreTrainedModel) -> str:

@@ -121,12 +121,16 @@ class RLModule(LightningModule):
 
     def configure_model(self) -> None:
         # Before any strategy wraps the policy, and before a checkpoint is restored into the copies.
-        if self._trainer is None or self.trainer.state.fn == "fit":  # evaluation samples from π_θ only
+        try:
+            fitting = self.trainer.state.fn == "fit"  # evaluation samples from π_θ only
+        except RuntimeError:  # not attached to a Trainer: built from Python, for training
+            fitting = True
+        if fitting:
             if self._keep_old_copy and self.old_policy is None:
                 self.old_policy = freeze(self.policy)
             if self.beta > 0 and self.ref_policy is None:
                 self.ref_policy = freeze(self.policy)
-        if self._trainer is not None and self.device_mesh is not None and not self._sharded:
+        if self.device_mesh is not None and not self._sharded:
             self._shard(data_parallel_mesh(self.device_mesh))
 
     def _shard(self, mesh: Any) -> None:
@@ -141,22 +145,37 @@ class RLModule(LightningModule):
                 setattr(self, name, WeightSnapshot(self.policy))
         self._sharded = True
 
+    def frozen_names(self) -> list[str]:
+        """State-dict keys of the policy's frozen parameters (a LoRA base model), every name of a shared one."""
+        return [f"policy.{name}" for name, p in self.policy.named_parameters(remove_duplicate=False)
+                if not p.requires_grad]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Frozen policy weights (a LoRA base model) are rebuilt from the config; only what trains is saved.
-        # Every name of a shared weight (a tied output layer) goes, not only the first one.
-        for name, param in self.policy.named_parameters(remove_duplicate=False):
-            if not param.requires_grad:
-                checkpoint["state_dict"].pop(f"policy.{name}", None)
+        # Frozen policy weights (a LoRA base model) are rebuilt from the config; only what trains is saved,
+        # with a checksum of the frozen ones. A sharded (FSDP) checkpoint keeps them: it loads strictly.
+        names = self.frozen_names()
+        if not names or self._sharded:
+            return
+        for name in names:
+            checkpoint["state_dict"].pop(name, None)
+        checkpoint["frozen_weights_checksum"] = frozen_checksum(self.policy)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Fit a checkpoint's state to this run's copies: frozen weights from the config, π_old / π_ref
-        dropped if this run keeps none, or taken from the checkpoint's policy if it kept none."""
+        """Fit a checkpoint's state to this run's copies: frozen weights from the config (refused if they
+        are not those it was trained on), π_old / π_ref dropped if this run keeps none, or taken from
+        the checkpoint's policy if it kept none."""
+        if "state_dict" not in checkpoint:
+            return  # a sharded (FSDP) checkpoint: the strategy loads the weights itself
+        expected = checkpoint.get("frozen_weights_checksum")
+        if expected is not None and not math.isclose(frozen_checksum(self.policy), expected, rel_tol=1e-9):
+            fail("the frozen base weights", "those the checkpoint's adapters were trained on (the same "
+                 "model path, or the same model_config and seed_everything)",
+                 f"checksum {frozen_checksum(self.policy)!r} against the checkpoint's {expected!r}")
         state, own = checkpoint["state_dict"], self.state_dict()
         for key in [k for k in state if k not in own and k.startswith(("old_policy.", "ref_policy."))]:
             del state[key]
-        for key in own.keys() - state.keys():
-            if key.startswith("policy."):
-                state[key] = own[key]
+        for key in self.frozen_names():
+            state.setdefault(key, own[key])
         policy_state = {key[len("policy."):]: value for key, value in state.items() if key.startswith("policy.")}
         for prefix, frozen in (("old_policy.", self.old_policy), ("ref_policy.", self.ref_policy)):
             if not any(key.startswith(prefix) for key in state):
@@ -200,7 +219,7 @@ class RLModule(LightningModule):
             optimizer.zero_grad(set_to_none=True)
             parts, shares = [], []
             for index, rows in enumerate(chunks):
-                share = 1.0 if len(chunks) == 1 else micro_batch_share(
+                share = None if len(chunks) == 1 else micro_batch_share(
                     self.objective.aggregation, rollout.mask[rows], rollout.mask)
                 with optimizer.toggle_model(sync_grad=index == len(chunks) - 1) if len(chunks) > 1 else nullcontext():
                     parts.append(self.accumulate(take(queries, rows), take_rollout(rollout, rows),
@@ -212,9 +231,11 @@ class RLModule(LightningModule):
         self.log_diagnostics()
 
     def accumulate(
-        self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None, share: Tensor | float
+        self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
+        share: Tensor | float | None,
     ) -> dict[str, Tensor]:
-        """Backward of one micro-batch's loss, weighted by its ``share`` of the batch's; its diagnostics."""
+        """Backward of one micro-batch's loss, weighted by its ``share`` of the batch's (None: the whole
+        batch); its diagnostics."""
         scores = self.policy.score(queries, rollout.responses)  # [n, T] each
         out = self.objective(scores.log_probs, rollout.log_probs, advantages, rollout.mask)
         loss = out.loss
@@ -223,7 +244,7 @@ class RLModule(LightningModule):
             kl = k3_kl(scores.log_probs, ref_log_probs)  # [n, T]
             loss = loss + self.beta * aggregate(kl, rollout.mask, self.objective.aggregation)
             metrics["ref_kl"] = masked_mean(kl.detach(), rollout.mask)
-        self.manual_backward(loss if share == 1 else loss * share)
+        self.manual_backward(loss if share is None else loss * share)
         return metrics | out.metrics
 
     def micro_batches(self, n: int) -> list[slice]:
@@ -287,6 +308,13 @@ class RLModule(LightningModule):
             self.eval_metrics[key].update(value)
             self.log(key, self.eval_metrics[key], on_epoch=True, prog_bar=name in ("reward", "exact_match"),
                      metric_attribute=f"eval_metrics.{key}")
+
+
+def frozen_checksum(policy: nn.Module) -> float:
+    """Sum of the policy's frozen parameters' entries and of their squares, in float64: a fingerprint."""
+    with torch.no_grad():
+        frozen = [p.detach().double() for p in policy.parameters() if not p.requires_grad]
+        return float(sum(p.sum() + p.square().sum() for p in frozen)) if frozen else 0.0
 
 
 def take(values: Any, rows: slice) -> Any:

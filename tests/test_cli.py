@@ -107,8 +107,8 @@ BAD_INPUT = [
     (["--model.micro_batch_size=0"], "micro_batch_size must be an integer >= 1 or null; got 0"),
     (["--model.micro_batch_size=7"], "model.micro_batch_size must be a divisor of the batch's 64 responses"),
     (["--model.beta=-0.5"], "beta must be a finite number >= 0; got -0.5"),
-    (["--trainer.precision=foo"], "trainer.precision must be one of transformer-engine, transformer-engine-float16, "
-     "16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, 64, 32, 16, bf16; got foo"),
+    (["--trainer.precision=foo"], "trainer.precision must be one of 64, 32, 16, transformer-engine, "
+     "transformer-engine-float16, 16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, bf16; got foo"),
     # Lightning would run float16 autocast and its gradient scaler on the CPU; the issue asks for a GPU
     (["--trainer.precision=16-mixed"], "trainer.precision must be 32-true, bf16-mixed or bf16-true on a CPU "
      "(16-mixed needs --trainer.accelerator=gpu); got 16-mixed with trainer.accelerator=cpu"),

@@ -69,3 +69,33 @@ def test_fsdp_two_cpu_ranks_shard_sync_and_agree(tmp_path):
     # The checkpoint is sharded: one directory, a file per rank.
     last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert last.is_dir() and len(list(last.glob("*.distcp"))) == 2
+
+
+def fsdp_fit(root: Path, steps: int, *extra: str) -> dict:
+    """Rank 0's probe after a 2-process FSDP fit of ``steps`` steps (π_old lagged, synced every 2)."""
+    probe = root / "probe"
+    command = [
+        sys.executable, "-m", "sapo_lightning", "fit", f"--config={ROOT / 'configs' / 'hf_tiny.yaml'}",
+        f"--config={ROOT / 'configs' / 'fsdp.yaml'}", f"--trainer.default_root_dir={root}",
+        f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
+        "--data.batch_size=4", "--model.optimizer.init_args.lr=0.01", "--sync.every_n_steps=2",
+        "--trainer.callbacks+=shard_probe.ShardProbe", f"--trainer.callbacks.out={probe}", *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return torch.load(probe / "rank0.pt")
+
+
+def test_fsdp_resumes_from_its_sharded_checkpoint_exactly(tmp_path):
+    """3 steps, then 3 more from the sharded last.ckpt directory: the policy and π_old of 6 straight steps."""
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "split").mkdir()
+    straight = fsdp_fit(tmp_path / "straight", 6)
+    fsdp_fit(tmp_path / "split", 3)
+    checkpoint = tmp_path / "split" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_dir()  # written by torch.distributed.checkpoint, one file per rank
+    resumed = fsdp_fit(tmp_path / "split", 6, f"--ckpt_path={checkpoint}")
+    assert torch.equal(resumed["policy"], straight["policy"])
+    assert torch.equal(resumed["old_policy"], straight["old_policy"])

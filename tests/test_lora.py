@@ -216,6 +216,18 @@ def test_a_resumed_lora_run_equals_the_uninterrupted_one(tmp_path, prompts):
 
 
 @pytest.mark.slow
+def test_resuming_on_another_random_base_is_refused_in_one_line(tmp_path, prompts, capsys):
+    """A model_config base is rebuilt from the seed: adapters resumed on another one would train on the wrong model."""
+    first = text_fit(tmp_path / "run", prompts, 4)
+    with pytest.raises(SystemExit) as exit_:
+        text_fit(tmp_path / "run", prompts, 8, f"--ckpt_path={first}", "--seed_everything=1")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sapo-lightning: error: the frozen base weights must be those the checkpoint's "
+                              "adapters were trained on"), err[-1]
+
+
+@pytest.mark.slow
 def test_export_merged_and_adapter_reproduce_the_policys_logits(tmp_path, prompts, monkeypatch, capsys):
     from sapo_lightning.export import build_module
 

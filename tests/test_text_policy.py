@@ -246,12 +246,11 @@ def test_a_bfloat16_model_samples_and_scores_in_float32(task):
 def test_shared_prompts_detects_groups_of_equal_consecutive_rows():
     from sapo_lightning.hf import shared_prompts
 
-    model = torch.nn.Linear(1, 1)
     rows = torch.tensor([[1, 2], [3, 4], [5, 6]])
-    assert shared_prompts(model, rows.repeat_interleave(4, 0)) == 4
-    assert shared_prompts(model, rows) == 1
-    assert shared_prompts(model, rows.repeat(2, 1)) == 1  # a b c a b c: no consecutive groups
-    assert shared_prompts(model, torch.tensor([[1], [1], [1], [2], [2], [3]])) == 1  # uneven runs
+    assert shared_prompts(rows.repeat_interleave(4, 0)) == 4
+    assert shared_prompts(rows) == 1
+    assert shared_prompts(rows.repeat(2, 1)) == 1  # a b c a b c: no consecutive groups
+    assert shared_prompts(torch.tensor([[1], [1], [1], [2], [2], [3]])) == 1  # uneven runs
 
 
 @pytest.mark.parametrize("arch", CONFIGS)
@@ -270,3 +269,19 @@ def test_a_group_shares_its_prompt_with_the_results_of_one_row_each(task, arch):
     torch.testing.assert_close(grouped.log_probs[order], apart.log_probs, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grads_grouped, grads_apart, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(rollout.log_probs[rollout.mask], grouped.log_probs[rollout.mask], atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_with_dropout_or_checkpointing_scores_every_row_whole_in_training():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sapo_lightning.hf import can_share_prompts_in_training
+
+    def model(**fields):
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**LLAMA, **fields}))
+
+    assert can_share_prompts_in_training(model())
+    assert not can_share_prompts_in_training(model(attention_dropout=0.1))  # a config rate, not a layer
+    checkpointed = model()
+    checkpointed.gradient_checkpointing_enable()
+    assert not can_share_prompts_in_training(checkpointed)
+    assert not can_share_prompts_in_training(AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**GPT2, "resid_pdrop": 0.1})))

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from sapo_lightning.checks import check_choice, check_int, check_number, check_positive, fail
-from sapo_lightning.hf import cache_argument, load_causal_lm, shared_prompts
+from sapo_lightning.hf import cache_argument, can_share_prompts_in_training, load_causal_lm, shared_prompts
 from sapo_lightning.lora import LoRA, base_model, is_peft_model
 from sapo_lightning.policies import Policy, Rollout, Scores, sample_from_logits
 from sapo_lightning.tasks import Task
@@ -102,6 +102,7 @@ class CausalLMPolicy(Policy):
         self.register_buffer("stop_ids", torch.tensor(task.stop_token_ids), persistent=False)  # [S]
         self._cache_arg = cache_argument(self.model)
         self._logits_to_keep = "logits_to_keep" in inspect.signature(base_model(self.model).forward).parameters
+        self._share_prompts = can_share_prompts_in_training(self.model)
 
     def _logits(self, keep: int, **inputs: Tensor) -> Any:
         """The model's output; logits at the last ``keep`` positions only where the model can skip the rest."""
@@ -125,7 +126,8 @@ class CausalLMPolicy(Policy):
         log_probs = torch.zeros(n, steps, device=device)  # [N, T]
         mask = torch.zeros(n, steps, dtype=torch.bool, device=device)  # [N, T]
         done = torch.zeros(n, dtype=torch.bool, device=device)  # [N]
-        group = shared_prompts(self.model, torch.cat([ids, prompt_mask], 1))
+        shareable = self._share_prompts or not self.model.training
+        group = shared_prompts(torch.cat([ids, prompt_mask], 1)) if shareable else 1
         # each distinct prompt once, its cache repeated for its group
         out = self._logits(1, input_ids=ids[::group], attention_mask=prompt_mask[::group],
                            position_ids=positions[::group], use_cache=True)
@@ -153,7 +155,8 @@ class CausalLMPolicy(Policy):
         ids = torch.cat([queries.input_ids, responses[:, :-1]], 1)  # [N, P + T - 1]
         attention = torch.cat([prompt_mask, mask[:, :-1].to(prompt_mask.dtype)], 1)  # [N, P + T - 1]
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        group = shared_prompts(self.model, torch.cat([queries.input_ids, prompt_mask], 1))
+        shareable = self._share_prompts or not self.model.training
+        group = shared_prompts(torch.cat([queries.input_ids, prompt_mask], 1)) if shareable else 1
         if group == 1:
             out = self._logits(steps, input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)
             logits = out.logits[:, -steps:]  # [N, T, V]
