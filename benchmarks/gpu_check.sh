@@ -34,8 +34,8 @@ ON=(--trainer.accelerator="$ACCEL" --trainer.enable_progress_bar=false)
 HF=(--config configs/hf_tiny.yaml "${ON[@]}" --trainer.max_steps=$S_HF --trainer.val_check_interval=$S_HF --trainer.log_every_n_steps=$(( S_HF < 10 ? 1 : 10 )))
 [ "$ACCEL" = cpu ] && HF+=(--data.batch_size=4 --data.val_size=16)
 LORA_ARG='{r: 8, alpha: 16, dropout: 0.0, target_modules: [q_proj, v_proj]}'
-HAS_LORA=$($PY -c "import inspect; from sapo_lightning.hf import HFCausalLMPolicy as P; print(int('lora' in inspect.signature(P).parameters))")
-SKIPLORA=(); [ "$HAS_LORA" = 1 ] || SKIPLORA=(--skip "this sapo-lightning has no lora argument")
+HAS_PEFT=$($PY -c "import importlib.util; print(int(importlib.util.find_spec('peft') is not None))")
+SKIPLORA=(); [ "$HAS_PEFT" = 1 ] || SKIPLORA=(--skip "peft is not installed (pip install -e \".[peft]\")")
 
 failed=0
 check() { $PY benchmarks/gpu_check.py "$@" || failed=$((failed + 1)); }

@@ -18,27 +18,15 @@ the micro-batch too, and the gradients accumulate, so both cases make the same o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 
-from step_probe import run_case
+from step_probe import copy_fit_args, run_case
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = {"model_type": "llama", "vocab_size": 11, "hidden_size": 128, "intermediate_size": 512,
          "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 64,
          "tie_word_embeddings": True, "attention_dropout": 0.0, "bos_token_id": None, "eos_token_id": 0,
          "pad_token_id": None}
-
-
-def case_args(micro: int, steps: int, device: str, batch: int, group: int) -> list[str]:
-    return ["--config", str(ROOT / "configs" / "hf_tiny.yaml"), f"--trainer.max_steps={steps}",
-            f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "--trainer.limit_val_batches=0",
-            "--trainer.enable_checkpointing=false", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-            f"--trainer.log_every_n_steps={steps}", f"--model.policy.init_args.model_config={json.dumps(MODEL)}",
-            "--data.task.init_args.length=8", "--data.task.init_args.max_new_tokens=16",
-            f"--data.batch_size={batch}", f"--model.group_size={group}", f"--model.micro_batch_size={micro}"]
 
 
 def main() -> None:
@@ -59,7 +47,8 @@ def main() -> None:
     print("|---|---|---|---|")
     failed = False
     for micro in args.micro:
-        result = run_case(case_args(micro, args.steps, args.device, args.batch, args.group), args.threads)
+        fit_args = copy_fit_args(MODEL, args.steps, args.device, args.batch, args.group)
+        result = run_case([*fit_args, f"--model.micro_batch_size={micro}"], args.threads)
         if "error" in result:
             failed = True
             print(f"| {micro} | failed: {result['error'][0][:120]} | | |")

@@ -3,7 +3,7 @@ LoRA, and with a lagged π_old (the copy that every_n_steps=1 does not build).
 
     python benchmarks/scale.py                               # CPU, sizes 4M and 30M, 3 steps per case
     python benchmarks/scale.py --device cuda --batch 64      # on a GPU: torch.cuda.max_memory_allocated
-    python benchmarks/scale.py --sizes 4M --steps 5 --lora   # LoRA too (n/a if the installed code has none)
+    python benchmarks/scale.py --sizes 4M --steps 5 --lora   # LoRA too (needs the [peft] extra)
     python benchmarks/scale.py --cases plain lora            # only some cases
 
 Each case is ``sapo-lightning fit --config configs/hf_tiny.yaml`` (the real CLI, in a process of its
@@ -14,7 +14,7 @@ own; see ``step_probe.py``) with a random Llama built from its config, on Copy o
 - ``micro``: ``model.micro_batch_size`` = a quarter of the batch's responses;
 - ``bf16-mixed``: ``trainer.precision=bf16-mixed`` (log-probs and loss stay float32);
 - ``lora``: ``model.policy.init_args.lora={r: 8, alpha: 16, dropout: 0.0, target_modules: [q_proj, v_proj]}``
-  (only with ``--lora``; printed as n/a when HFCausalLMPolicy has no ``lora`` argument);
+  (only with ``--lora``);
 - ``lagged``: ``sync.every_n_steps=10``, so π_old is a frozen copy of the policy.
 
 *resident* is the memory once the model, its copies and the optimizer are built (CPU: RSS growth from
@@ -25,15 +25,11 @@ The old copy's cost is the ``lagged`` row's resident minus the ``plain`` row's.
 from __future__ import annotations
 
 import argparse
-import inspect
-import json
 import os
 import sys
-from pathlib import Path
 
-from step_probe import run_case
+from step_probe import copy_fit_args, run_case
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZES = {  # random Llama configs over Copy's 11 tokens
     "4M": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4},
     "30M": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 8, "num_attention_heads": 8},
@@ -41,30 +37,19 @@ SIZES = {  # random Llama configs over Copy's 11 tokens
 LORA = "{r: 8, alpha: 16, dropout: 0.0, target_modules: [q_proj, v_proj]}"
 
 
-def has_lora() -> bool:
-    from sapo_lightning.hf import HFCausalLMPolicy
-
-    return "lora" in inspect.signature(HFCausalLMPolicy).parameters
-
-
 def base_args(size: str, steps: int, device: str, batch: int) -> list[str]:
     model = {"model_type": "llama", "vocab_size": 11, "max_position_embeddings": 64, "tie_word_embeddings": True,
              "attention_dropout": 0.0, "bos_token_id": None, "eos_token_id": 0, "pad_token_id": None,
              **SIZES[size], "num_key_value_heads": SIZES[size]["num_attention_heads"]}
-    return ["--config", str(ROOT / "configs" / "hf_tiny.yaml"), f"--trainer.max_steps={steps}",
-            f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "--trainer.limit_val_batches=0",
-            "--trainer.enable_checkpointing=false", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
-            f"--trainer.log_every_n_steps={steps}", f"--model.policy.init_args.model_config={json.dumps(model)}",
-            "--data.task.init_args.length=8", "--data.task.init_args.max_new_tokens=16", f"--data.batch_size={batch}",
-            "--model.group_size=8", "--sync.every_n_steps=1"]
+    return [*copy_fit_args(model, steps, device, batch, 8), "--sync.every_n_steps=1"]
 
 
-def cases(batch: int, lora: bool) -> dict[str, list[str] | None]:
+def cases(batch: int, lora: bool) -> dict[str, list[str]]:
     return {
         "plain": [],
         "micro": [f"--model.micro_batch_size={batch * 8 // 4}"],
         "bf16-mixed": ["--trainer.precision=bf16-mixed"],
-        **({"lora": [f"--model.policy.init_args.lora={LORA}"] if has_lora() else None} if lora else {}),
+        **({"lora": [f"--model.policy.init_args.lora={LORA}"]} if lora else {}),
         "lagged": ["--sync.every_n_steps=10"],
     }
 
@@ -75,7 +60,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
     parser.add_argument("--steps", type=int, default=3, help="optimizer steps per case (the first is a warm-up)")
     parser.add_argument("--batch", type=int, default=8, help="queries per step (x 8 responses)")
-    parser.add_argument("--lora", action="store_true", help="also the LoRA case (n/a if not supported)")
+    parser.add_argument("--lora", action="store_true", help="also the LoRA case (needs the [peft] extra)")
     parser.add_argument("--cases", nargs="+", help="only these cases (plain, micro, bf16-mixed, lora, lagged)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per case (CPU)")
     args = parser.parse_args()
@@ -90,9 +75,6 @@ def main() -> None:
         plain = None
         for name, extra in cases(args.batch, args.lora or "lora" in (args.cases or [])).items():
             if args.cases and name not in args.cases:
-                continue
-            if extra is None:
-                print(f"| {size} | | {name} | n/a (HFCausalLMPolicy has no lora argument here) | | | |", flush=True)
                 continue
             result = run_case(base_args(size, args.steps, args.device, args.batch) + extra, args.threads)
             if "error" in result or not result["reward_finite"]:

@@ -33,6 +33,17 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 2**20
 
 
+def copy_fit_args(model: dict[str, Any], steps: int, device: str, batch: int, group: int) -> list[str]:
+    """``fit`` arguments for ``configs/hf_tiny.yaml`` with ``model`` (a Llama config) on Copy of 8 symbols and
+    up to 16 new tokens: no validation, checkpoint, logger or progress bar, one log point at the end."""
+    return ["--config", str(ROOT / "configs" / "hf_tiny.yaml"), f"--trainer.max_steps={steps}",
+            f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}", "--trainer.limit_val_batches=0",
+            "--trainer.enable_checkpointing=false", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+            f"--trainer.log_every_n_steps={steps}", f"--model.policy.init_args.model_config={json.dumps(model)}",
+            "--data.task.init_args.length=8", "--data.task.init_args.max_new_tokens=16",
+            f"--data.batch_size={batch}", f"--model.group_size={group}"]
+
+
 def rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE / MIB
