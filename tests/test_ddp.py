@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 import pytest
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from multiprocess_fit import ROOT, run_fit  # tests/ is on sys.path under pytest
 
 pytestmark = pytest.mark.slow  # a 2-process fit in a subprocess
 
-ROOT = Path(__file__).parents[1]
 STEPS, UPDATES, EVERY = 60, 2, 10
 
 
 def test_ddp_two_ranks_agree_and_solve(tmp_path):
     probe = tmp_path / "probe"
-    command = [
-        sys.executable, "-m", "sapo_lightning", "fit", f"--config={ROOT / 'configs' / 'sapo.yaml'}", f"--config={ROOT / 'configs' / 'ddp.yaml'}",
+    run_fit(
+        tmp_path, f"--config={ROOT / 'configs' / 'sapo.yaml'}", f"--config={ROOT / 'configs' / 'ddp.yaml'}",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.max_steps={STEPS}",
         f"--model.updates_per_rollout={UPDATES}",  # several backward passes per training_step under DDP
         "--model.optimizer.init_args.lr=0.01", f"--sync.every_n_steps={EVERY}",
         f"--trainer.val_check_interval={STEPS // UPDATES}",  # validate once, on the final policy
         "--trainer.log_every_n_steps=5", "--trainer.enable_progress_bar=false",
         "--trainer.callbacks+=rank_probe.RankProbe", f"--trainer.callbacks.out={probe}",
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    )
     rank0, rank1 = (torch.load(probe / f"rank{r}.pt") for r in (0, 1))
 
     # Each rank draws its own queries, at every step.
@@ -70,18 +63,14 @@ def test_ddp_two_ranks_agree_and_solve(tmp_path):
 def ddp_policy(root: Path, *extra: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Both ranks' final policy parameters after a short 2-process fit."""
     probe = root / "probe"
-    command = [
-        sys.executable, "-m", "sapo_lightning", "fit", f"--config={ROOT / 'configs' / 'sapo.yaml'}",
+    root.mkdir()
+    run_fit(
+        root, f"--config={ROOT / 'configs' / 'sapo.yaml'}",
         f"--config={ROOT / 'configs' / 'ddp.yaml'}", f"--trainer.default_root_dir={root}", "--trainer.max_steps=8",
         "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false", "--trainer.limit_val_batches=0",
         "--model.optimizer=torch.optim.SGD", "--model.optimizer.init_args.lr=0.5",
         "--trainer.callbacks+=rank_probe.RankProbe", f"--trainer.callbacks.out={probe}", *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    root.mkdir()
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    )
     rank0, rank1 = (torch.load(probe / f"rank{r}.pt") for r in (0, 1))
     return rank0["policy"], rank1["policy"]
 

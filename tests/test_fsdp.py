@@ -9,35 +9,28 @@ split over the ranks, a lagged π_old sharded alike and refreshed shard by shard
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from multiprocess_fit import ROOT, run_fit  # tests/ is on sys.path under pytest
 
 pytestmark = [pytest.mark.slow,  # a 2-process fit in a subprocess
               pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs the [hf] extra")]
 
-ROOT = Path(__file__).parents[1]
 STEPS, EVERY = 6, 3
 
 
 def test_fsdp_two_cpu_ranks_shard_sync_and_agree(tmp_path):
     probe = tmp_path / "probe"
-    command = [
-        sys.executable, "-m", "sapo_lightning", "fit", f"--config={ROOT / 'configs' / 'hf_tiny.yaml'}",
+    run_fit(
+        tmp_path, f"--config={ROOT / 'configs' / 'hf_tiny.yaml'}",
         f"--config={ROOT / 'configs' / 'fsdp.yaml'}", f"--trainer.default_root_dir={tmp_path}",
         f"--trainer.max_steps={STEPS}", f"--trainer.val_check_interval={STEPS}", "--trainer.log_every_n_steps=1",
         "--trainer.enable_progress_bar=false", "--data.batch_size=4", "--data.val_size=16",
         "--model.optimizer.init_args.lr=0.01", f"--sync.every_n_steps={EVERY}",  # lagged: a sharded copy
         "--trainer.callbacks+=shard_probe.ShardProbe", f"--trainer.callbacks.out={probe}",
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    )
     rank0, rank1 = (torch.load(probe / f"rank{r}.pt") for r in (0, 1))
 
     # Sharded: every parameter is a DTensor and each rank holds about half of them.
@@ -74,17 +67,13 @@ def test_fsdp_two_cpu_ranks_shard_sync_and_agree(tmp_path):
 def fsdp_fit(root: Path, steps: int, *extra: str) -> dict:
     """Rank 0's probe after a 2-process FSDP fit of ``steps`` steps (π_old lagged, synced every 2)."""
     probe = root / "probe"
-    command = [
-        sys.executable, "-m", "sapo_lightning", "fit", f"--config={ROOT / 'configs' / 'hf_tiny.yaml'}",
+    run_fit(
+        root, f"--config={ROOT / 'configs' / 'hf_tiny.yaml'}",
         f"--config={ROOT / 'configs' / 'fsdp.yaml'}", f"--trainer.default_root_dir={root}",
         f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
         "--data.batch_size=4", "--model.optimizer.init_args.lr=0.01", "--sync.every_n_steps=2",
         "--trainer.callbacks+=shard_probe.ShardProbe", f"--trainer.callbacks.out={probe}", *extra,
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    )
     return torch.load(probe / "rank0.pt")
 
 

@@ -1,0 +1,24 @@
+"""``sapo-lightning fit`` in a subprocess, for the multi-process (DDP, FSDP) tests.
+
+In-process ``ddp_spawn`` aborts at gloo teardown now and then, so those runs get a process of their
+own; the tests directory is on its PYTHONPATH so that the probes (``rank_probe``, ``shard_probe``)
+load as callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_fit(cwd: Path, *args: str) -> None:
+    """Run ``sapo-lightning fit ARGS`` in ``cwd`` with one torch thread per process; fail with its stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "sapo_lightning", "fit", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
