@@ -6,8 +6,10 @@ imports this module.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -116,9 +118,9 @@ class HFCausalLMPolicy(Policy):
         self._logits_to_keep = "logits_to_keep" in inspect.signature(base_model(self.model).forward).parameters
         self._share_prompts = can_share_prompts_in_training(self.model)
 
-    def _keep(self, positions: int) -> dict[str, int]:
-        """Ask for the logits of the last ``positions`` positions only, where the model can skip the rest."""
-        return {"logits_to_keep": positions} if self._logits_to_keep else {}
+    def _forward(self, keep: int) -> Callable[..., Any]:
+        """The model's forward, asking for the logits of the last ``keep`` positions only where it can skip the rest."""
+        return functools.partial(self.model, **({"logits_to_keep": keep} if self._logits_to_keep else {}))
 
     def _to_model(self, tokens: Tensor) -> Tensor:
         return tokens if self.vocab is None else self.vocab[tokens]
@@ -128,21 +130,17 @@ class HFCausalLMPolicy(Policy):
 
     def sample(self, queries: Tensor, generator: torch.Generator | None = None, greedy: bool = False) -> Rollout:
         state = {}
-
-        group = shared_prompts(queries) if self._share_prompts or not self.model.training else 1
+        group = prompt_group(queries, self.model, self._share_prompts)
 
         def next_logits(tokens: Tensor | None) -> Tensor:
             if tokens is None:  # each distinct prompt once, its cache repeated for its group
-                out = self.model(self._to_model(queries[::group]), use_cache=True, **self._keep(1))
-                if group > 1:
-                    getattr(out, self._cache_arg).batch_repeat_interleave(group)
-                state["cache"] = getattr(out, self._cache_arg)
-                return self._restrict(out.logits[:, -1]).repeat_interleave(group, 0)  # [N, V]
+                out, logits = prefill_once(self._forward(1), group, self._cache_arg, input_ids=self._to_model(queries))
             else:
                 new = self._to_model(tokens).unsqueeze(-1)  # [N, 1]
                 out = self.model(new, use_cache=True, **{self._cache_arg: state["cache"]})
+                logits = out.logits
             state["cache"] = getattr(out, self._cache_arg)
-            return self._restrict(out.logits[:, -1])  # [N, V]
+            return self._restrict(logits[:, -1])  # [N, V]
 
         return decode(
             next_logits,
@@ -158,16 +156,14 @@ class HFCausalLMPolicy(Policy):
 
     def score(self, queries: Tensor, responses: Tensor) -> Scores:
         steps = responses.shape[1]
-        group = shared_prompts(queries) if self._share_prompts or not self.model.training else 1
+        group = prompt_group(queries, self.model, self._share_prompts)
         if group == 1:
             tokens = self._to_model(torch.cat([queries, responses[:, :-1]], 1))  # [N, D + T - 1]
-            logits = self.model(tokens, use_cache=False, **self._keep(steps)).logits[:, -steps:]  # [N, T, V_model]
+            logits = self._forward(steps)(input_ids=tokens, use_cache=False).logits[:, -steps:]  # [N, T, V_model]
         else:  # each distinct prompt once (with gradients), then every response on its prompt's cache
-            out = self.model(self._to_model(queries[::group]), use_cache=True, **self._keep(1))
-            logits = out.logits[:, -1:].repeat_interleave(group, 0)  # [N, 1, V_model]: predicts y_1
-            if steps > 1:
+            out, logits = prefill_once(self._forward(1), group, self._cache_arg, input_ids=self._to_model(queries))
+            if steps > 1:  # logits [N, 1, V_model] predict y_1; the responses' own positions the rest
                 cache = getattr(out, self._cache_arg)
-                cache.batch_repeat_interleave(group)
                 rest = self.model(self._to_model(responses[:, :-1]), use_cache=True, **{self._cache_arg: cache})
                 logits = torch.cat([logits, rest.logits], 1)  # [N, T, V_model]
         return token_scores(self._restrict(logits) / self.temperature, responses)
@@ -213,6 +209,21 @@ def shared_prompts(prompts: Tensor) -> int:
     if group == 1 or n % group or not torch.equal(rows, rows[::group].repeat_interleave(group, 0)):
         return 1
     return group
+
+
+def prompt_group(rows: Tensor, model: torch.nn.Module, share_in_training: bool) -> int:
+    """:func:`shared_prompts` of ``rows`` where the model may share them now (always in eval mode), else 1."""
+    return shared_prompts(rows) if share_in_training or not model.training else 1
+
+
+def prefill_once(forward: Callable[..., Any], group: int, cache_arg: str, **inputs: Tensor) -> tuple[Any, Tensor]:
+    """``forward(**inputs, use_cache=True)`` on every ``group``-th row only (one per group of equal prompts),
+    its KV cache repeated ``group`` times in place for the whole batch; the output and its last-position
+    logits ``[N, 1, V]`` for every row."""
+    out = forward(**{name: value[::group] for name, value in inputs.items()}, use_cache=True)
+    if group > 1:
+        getattr(out, cache_arg).batch_repeat_interleave(group)
+    return out, out.logits[:, -1:].repeat_interleave(group, 0)
 
 
 def can_share_prompts_in_training(model: torch.nn.Module) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 
 from sapo_lightning.checks import check_choice, check_int, check_number, check_positive, fail
-from sapo_lightning.hf import cache_argument, can_share_prompts_in_training, load_causal_lm, shared_prompts
+from sapo_lightning.hf import cache_argument, can_share_prompts_in_training, load_causal_lm, prefill_once, prompt_group
 from sapo_lightning.lora import LoRA, base_model, is_peft_model
 from sapo_lightning.policies import Policy, Rollout, Scores, sample_from_logits
 from sapo_lightning.tasks import Task
@@ -126,16 +127,12 @@ class CausalLMPolicy(Policy):
         log_probs = torch.zeros(n, steps, device=device)  # [N, T]
         mask = torch.zeros(n, steps, dtype=torch.bool, device=device)  # [N, T]
         done = torch.zeros(n, dtype=torch.bool, device=device)  # [N]
-        shareable = self._share_prompts or not self.model.training
-        group = shared_prompts(torch.cat([ids, prompt_mask], 1)) if shareable else 1
+        group = prompt_group(torch.cat([ids, prompt_mask], 1), self.model, self._share_prompts)
         # each distinct prompt once, its cache repeated for its group
-        out = self._logits(1, input_ids=ids[::group], attention_mask=prompt_mask[::group],
-                           position_ids=positions[::group], use_cache=True)
-        if group > 1:
-            getattr(out, self._cache_arg).batch_repeat_interleave(group)
-        prompt_logits = out.logits[:, -1].repeat_interleave(group, 0)  # [N, V]
+        out, prompt_logits = prefill_once(functools.partial(self._logits, 1), group, self._cache_arg, input_ids=ids,
+                                          attention_mask=prompt_mask, position_ids=positions)  # [N, 1, V]
         for t in range(steps):
-            logits = self.sampling_logits(prompt_logits if t == 0 else out.logits[:, -1])  # [N, V]
+            logits = self.sampling_logits((prompt_logits if t == 0 else out.logits)[:, -1])  # [N, V]
             tokens, token_log_probs = sample_from_logits(logits, generator, greedy)  # [N] each
             live = ~done
             responses[:, t] = tokens.masked_fill(done, self.pad_id)
@@ -155,19 +152,16 @@ class CausalLMPolicy(Policy):
         ids = torch.cat([queries.input_ids, responses[:, :-1]], 1)  # [N, P + T - 1]
         attention = torch.cat([prompt_mask, mask[:, :-1].to(prompt_mask.dtype)], 1)  # [N, P + T - 1]
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        shareable = self._share_prompts or not self.model.training
-        group = shared_prompts(torch.cat([queries.input_ids, prompt_mask], 1)) if shareable else 1
+        group = prompt_group(torch.cat([queries.input_ids, prompt_mask], 1), self.model, self._share_prompts)
         if group == 1:
             out = self._logits(steps, input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)
             logits = out.logits[:, -steps:]  # [N, T, V]
         else:  # each distinct prompt once (with gradients), then every completion on its prompt's cache
             p = prompt_mask.shape[1]
-            out = self._logits(1, input_ids=ids[::group, :p], attention_mask=prompt_mask[::group],
-                               position_ids=positions[::group, :p], use_cache=True)
-            logits = out.logits[:, -1:].repeat_interleave(group, 0)  # [N, 1, V]: predicts y_1
-            if steps > 1:
+            out, logits = prefill_once(functools.partial(self._logits, 1), group, self._cache_arg,
+                                       input_ids=ids[:, :p], attention_mask=prompt_mask, position_ids=positions[:, :p])
+            if steps > 1:  # logits [N, 1, V] predict y_1; the completions' own positions the rest
                 cache = getattr(out, self._cache_arg)
-                cache.batch_repeat_interleave(group)
                 rest = self._logits(steps - 1, input_ids=ids[:, p:], attention_mask=attention,
                                     position_ids=positions[:, p:], use_cache=True, **{self._cache_arg: cache})
                 logits = torch.cat([logits, rest.logits], 1)  # [N, T, V]
