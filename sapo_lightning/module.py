@@ -214,17 +214,19 @@ class RLModule(LightningModule):
                     ref_log_probs = torch.cat([reference.score(take(queries, rows), rollout.responses[rows]).log_probs
                                                for rows in chunks])  # [N, T]
 
+            # each chunk's weight in the batch's loss (None: one chunk, the whole batch)
+            shares = [None] if len(chunks) == 1 else [
+                micro_batch_share(self.objective.aggregation, rollout.mask[rows], rollout.mask) for rows in chunks]
+
         optimizer = self.optimizers()
         for _ in range(self.updates_per_rollout):  # the first update is on-policy, the later ones stale
             optimizer.zero_grad(set_to_none=True)
-            parts, shares = [], []
-            for index, rows in enumerate(chunks):
-                share = None if len(chunks) == 1 else micro_batch_share(
-                    self.objective.aggregation, rollout.mask[rows], rollout.mask)
+            parts = []
+            for index, (rows, share) in enumerate(zip(chunks, shares)):
+                # under DDP the gradients are all-reduced once, at the last chunk's backward
                 with optimizer.toggle_model(sync_grad=index == len(chunks) - 1) if len(chunks) > 1 else nullcontext():
                     parts.append(self.accumulate(take(queries, rows), take_rollout(rollout, rows),
                                                  groups.advantages[rows], take(ref_log_probs, rows), share))
-                shares.append(share)
             optimizer.step()  # runs on_before_optimizer_step: gradient norm and clipping
             metrics = parts[0] if len(parts) == 1 else combine_micro_batches(parts, shares)
             self.train_diagnostics.record({**rollout_stats, **metrics, "grad_norm": self.grad_norm})
