@@ -7,6 +7,14 @@ from torch import Tensor
 from torchmetrics import Metric
 
 
+MEAN, MIN, MAX = 0, 1, 2
+
+
+def reduction(name: str) -> int:
+    """How a diagnostic combines across updates, micro-batches and ranks: by its name's suffix."""
+    return MAX if name.endswith("_max") else MIN if name.endswith("_min") else MEAN
+
+
 def combine_micro_batches(parts: list[dict[str, Tensor]], shares: list[Tensor | float]) -> dict[str, Tensor]:
     """One update's diagnostics from its micro-batches': ``_min`` / ``_max`` names by min / max, the
     others by the mean weighted by each micro-batch's share of the loss, skipping non-finite values."""
@@ -14,9 +22,10 @@ def combine_micro_batches(parts: list[dict[str, Tensor]], shares: list[Tensor | 
     weights = torch.stack([torch.as_tensor(w, dtype=torch.float32) for w in shares]).to(parts[0]["loss"].device)  # [C]
     for name in parts[0]:
         values = torch.stack([part[name].float() for part in parts])  # [C]
-        if name.endswith("_min"):
+        kind = reduction(name)
+        if kind == MIN:
             combined[name] = values.amin()
-        elif name.endswith("_max"):
+        elif kind == MAX:
             combined[name] = values.amax()
         else:
             finite = torch.isfinite(values)
@@ -75,7 +84,7 @@ class Diagnostics(Metric):
         self.add_state("count", zeros.clone(), dist_reduce_fx="sum")
         self.add_state("low", torch.full_like(zeros, float("inf")), dist_reduce_fx="min")
         self.add_state("high", torch.full_like(zeros, float("-inf")), dist_reduce_fx="max")
-        self.reduce_kind = torch.tensor([2 if n.endswith("_max") else 1 if n.endswith("_min") else 0 for n in names])
+        self.reduce_kind = torch.tensor([reduction(n) for n in names])
 
     def update(self, values: Tensor) -> None:  # values: [S * K] or [S, K]
         values = values.to(torch.float64).view(-1, len(self.names))  # [S, K]
@@ -87,6 +96,6 @@ class Diagnostics(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         kind = self.reduce_kind.to(self.total.device)
-        value = torch.where(kind == 2, self.high, torch.where(kind == 1, self.low, self.total / self.count))
+        value = torch.where(kind == MAX, self.high, torch.where(kind == MIN, self.low, self.total / self.count))
         keep = (self.count > 0).tolist()
         return {name: v for name, v, k in zip(self.names, value.float(), keep) if k}
