@@ -1,0 +1,156 @@
+"""Where a pretrained model or tokenizer comes from: a directory, a hub id, a GGUF file, or a GGUF a package ships.
+
+:func:`resolve` turns what a config names (a policy's ``path``, a task's ``tokenizer``) into what
+``from_pretrained`` loads:
+
+- a directory written by ``save_pretrained``: itself;
+- a Hugging Face hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``): itself, loaded through
+  transformers' own cache. With the hub offline (``HF_HUB_OFFLINE=1``) it must be cached already;
+- a ``.gguf`` file: a directory of the model dequantized to float32 and its tokenizer, written once
+  per machine under the cache (:func:`cache_root`) and reused by every later run;
+- ``pkg:NAME/FILE.gguf``: that file inside the installed Python package NAME (its import name, or its
+  distribution name with ``-``), found without importing the package; ``pkg:NAME`` alone names the
+  package's only ``.gguf`` file. Then as a ``.gguf`` file.
+
+Every failure is a :class:`~sapo_lightning.checks.ConfigError` of one line naming the option.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from sapo_lightning.checks import ConfigError, fail
+
+PACKAGE_PREFIX = "pkg:"
+#: a hub id: ``name`` or ``owner/name``, of letters, digits, ``-``, ``_`` and ``.``
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def resolve(option: str, spec: str) -> str:
+    """What ``from_pretrained`` should load for ``spec``: a local directory or a hub id."""
+    if not isinstance(spec, str) or not spec:
+        fail(option, "a model directory, a hub id, a .gguf file or pkg:PACKAGE/FILE.gguf", spec)
+    if spec.startswith(PACKAGE_PREFIX):
+        return gguf_directory(option, package_file(option, spec))
+    path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        if not path.is_file():
+            fail(option, f"an existing .gguf file ({where(spec)})", spec)
+        return gguf_directory(option, path)
+    if path.is_dir():
+        return str(path)
+    if path.exists():
+        fail(option, "a model directory (save_pretrained), a hub id, a .gguf file or pkg:PACKAGE/FILE.gguf", spec)
+    if HUB_ID.fullmatch(spec) and ".." not in spec:
+        return hub_id(option, spec)
+    fail(option, f"an existing model directory ({where(spec)}), a hub id, a .gguf file or pkg:PACKAGE/FILE.gguf", spec)
+
+
+def where(spec: str) -> str:
+    """Where a relative path was looked for, for an error line."""
+    return "absolute" if os.path.isabs(os.path.expanduser(spec)) else f"relative to the working directory {os.getcwd()}"
+
+
+def hub_id(option: str, spec: str) -> str:
+    """A hub id, refused in one line when the hub is offline and transformers' cache lacks it."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if not constants.HF_HUB_OFFLINE:
+        return spec  # transformers downloads it into its cache, or says why it cannot
+    try:
+        snapshot_download(spec, local_files_only=True)
+    except LocalEntryNotFoundError:
+        fail(option, f"a local directory ({where(spec)}) or a hub id in the Hugging Face cache "
+             f"({constants.HF_HUB_CACHE}); the hub is offline (HF_HUB_OFFLINE=1) and this one is not cached: "
+             f"download it once where the hub is reachable (hf download {spec}), or give a directory", spec)
+    return spec
+
+
+def package_file(option: str, spec: str) -> Path:
+    """The file ``pkg:NAME[/FILE]`` names inside an installed package (not imported: its code may need more)."""
+    name, _, inner = spec[len(PACKAGE_PREFIX):].partition("/")
+    module = name.replace("-", "_")
+    found = importlib.util.find_spec(module) if module.isidentifier() else None
+    if found is None or not found.submodule_search_locations:
+        fail(option, f"pkg:PACKAGE/FILE with PACKAGE an installed Python package (pip install --no-deps {name})",
+             spec)
+    folder = Path(next(iter(found.submodule_search_locations)))
+    if inner:
+        path = folder / inner
+        if not path.is_file():
+            fail(option, f"a file of package {module} (it has {', '.join(files_of(folder)) or 'no .gguf file'})", spec)
+        return path
+    ggufs = files_of(folder)
+    if len(ggufs) != 1:
+        fail(option, f"pkg:{module}/FILE naming one of its .gguf files ({', '.join(ggufs) or 'it has none'})", spec)
+    return folder / ggufs[0]
+
+
+def files_of(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.gguf"))
+
+
+def cache_root() -> Path:
+    """``$SAPO_LIGHTNING_CACHE``, else ``$XDG_CACHE_HOME/sapo-lightning``, else ``~/.cache/sapo-lightning``."""
+    if os.environ.get("SAPO_LIGHTNING_CACHE"):
+        return Path(os.environ["SAPO_LIGHTNING_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sapo-lightning"
+
+
+def gguf_directory(option: str, path: Path) -> str:
+    """The cached ``save_pretrained`` directory of a GGUF file, dequantized on first use.
+
+    The cache key is the file's real path, size and modification time: a changed file is
+    dequantized again. The directory appears whole or not at all (written aside, then renamed),
+    so concurrent runs (DDP ranks) and a killed conversion never leave a half-written model.
+    """
+    path = path.resolve()
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / "gguf" / f"{path.stem}-{key}"
+    if (target / "source.json").is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        dequantize(option, path, staging)
+        (staging / "source.json").write_text(json.dumps({"gguf": str(path), "size": stat.st_size,
+                                                         "mtime_ns": stat.st_mtime_ns}) + "\n")
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process finished first: its copy is the same
+            if not (target / "source.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def dequantize(option: str, path: Path, out: Path) -> None:
+    """Load a GGUF model and tokenizer through transformers (float32) and save them as plain files."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(path.parent), path.name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except ImportError as err:
+        raise ConfigError(f"{option}: reading a .gguf file needs the gguf package (pip install "
+                          f"\"sapo-lightning[gguf]\"); {' '.join(str(err).split())}") from None
+    except (ValueError, KeyError, OSError) as err:
+        fail(option, f"a GGUF file transformers can read ({' '.join(str(err).split())[:200]})", str(path))
+    # a dequantized model is a plain one: save_pretrained refuses while the GGUF quantizer is attached
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
