@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/prefix_sharing.py --prompt 150 --response 200 --group 8 --queries 2
 
 The G responses of a query share its prompt. The full pass runs prompt ⧺ response for each of
-them; the shared one (what the Hugging Face policies' ``score`` does, see ``hf.shared_prompts``)
+them; the shared one (what CausalLMPolicy's ``score`` does, see ``lm.prefill.shared_prompts``)
 runs each prompt once, with gradients, keeps its KV cache, repeats the cache G times
 (``Cache.batch_repeat_interleave``) and runs only the responses on it: the same log-probs and
 gradients up to float rounding. This measures both, alternating, on
@@ -21,7 +21,7 @@ import time
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from sapo_lightning.hf import cache_argument
+from sapo_lightning.lm.model import cache_argument
 
 LLAMA = dict(vocab_size=11, hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=None,

@@ -132,8 +132,7 @@ if __name__ == "__main__":
     from sapo_lightning.cli import main
 
     try:  # imported before the baseline: the resident column is the model's, not the libraries'
-        import sapo_lightning.hf  # noqa: F401
-        import sapo_lightning.text.policy  # noqa: F401
+        import sapo_lightning.lm.policy  # noqa: F401
     except ImportError:
         pass
     step_probe.StepProbe.out, step_probe.StepProbe.before_model = sys.argv[1], rss_mib()

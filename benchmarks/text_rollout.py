@@ -1,4 +1,4 @@
-"""Rollout throughput of CausalLMPolicy.sample against the same model's ``generate()``.
+"""Rollout throughput of CausalLMPolicy.sample on a text task against the same model's ``generate()``.
 
     python benchmarks/text_rollout.py [--sizes tiny small] [--batch 64] [--new-tokens 32] [--repeats 5]
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from sapo_lightning.text.policy import CausalLMPolicy
+from sapo_lightning.lm.policy import CausalLMPolicy
 from sapo_lightning.text.task import PromptTask
 
 ASCII = str(Path(__file__).resolve().parents[1] / "assets" / "tokenizers" / "ascii")
@@ -94,7 +94,7 @@ def time_both(policy: CausalLMPolicy, queries, args) -> dict[str, list[float]]:
             out = policy.model.generate(
                 input_ids=queries.input_ids, attention_mask=queries.attention_mask, max_new_tokens=args.new_tokens,
                 do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                eos_token_id=policy.stop_ids.tolist(), pad_token_id=policy.pad_id, use_cache=True)
+                eos_token_id=policy.stop_ids.tolist(), pad_token_id=policy.pad_token, use_cache=True)
         return out.shape[1] - queries.input_ids.shape[1]
 
     paths = {"sample": sample, "generate": generate}

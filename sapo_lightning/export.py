@@ -47,11 +47,10 @@ def export(
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         fail("output", "a new or empty directory", output)
     module = build_module(config_path)
-    if not callable(getattr(module.policy, "export", None)):
-        fail("model.policy", "a policy that can export itself (sapo_lightning.text.policy.CausalLMPolicy)",
+    if not callable(getattr(module.policy, "check_export", None)):
+        fail("model.policy", "a policy that can export itself (sapo_lightning.lm.policy.CausalLMPolicy)",
              type(module.policy).__name__)
-    if lora == "adapter" and not getattr(module.policy, "has_lora", False):
-        fail("lora", "merged for a policy without LoRA adapters (model.policy.init_args.lora is null)", lora)
+    module.policy.check_export(lora)  # before the checkpoint is read
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module.on_load_checkpoint(state)  # the run's frozen weights and copies, as fit restores them
     module.load_state_dict(state["state_dict"])

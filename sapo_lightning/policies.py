@@ -8,7 +8,7 @@ vocabulary and response length: in a config, give its class and its own argument
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -105,10 +105,10 @@ def decode(
     next_logits: Callable[[Tensor | None], Tensor],
     n: int,
     max_new_tokens: int,
-    eos_token: int | None,
+    stop_tokens: Sequence[int] | Tensor,
+    pad_token: int,
     generator: torch.Generator | None,
     greedy: bool,
-    temperature: float,
     device: torch.device,
     stop_when_done: bool = True,
 ) -> Rollout:
@@ -116,30 +116,32 @@ def decode(
 
     ``next_logits(None)`` reads the queries and returns the logits ``[N, V]`` of the first
     response token; ``next_logits(tokens)`` appends ``tokens`` ``[N]`` and returns those of the
-    next one. Tokens are drawn from softmax(logits / temperature) and their log-probs are
-    under that tempered distribution, as :meth:`Policy.score` must compute them too. After
-    a response's ``eos_token`` its positions hold ``eos_token`` and are masked out. Every
-    step draws ``[N, V]`` uniforms from ``generator`` whether a row has ended or not, so the
-    draws do not depend on how the logits were computed. Decoding stops after
-    ``max_new_tokens`` tokens, or, with ``stop_when_done``, once every response has ended.
+    next one. They are the logits of the distribution sampled from (tempered, perhaps
+    truncated), whose log-probs :meth:`Policy.score` must compute too. A response ends at its
+    first token among ``stop_tokens`` (kept and unmasked); its later positions hold
+    ``pad_token`` and are masked out. Every step draws ``[N, V]`` uniforms from ``generator``
+    whether a row has ended or not, so the draws do not depend on how the logits were
+    computed. Decoding stops after ``max_new_tokens`` tokens, or, with ``stop_when_done``,
+    once every response has ended. Without stop tokens, every response is ``max_new_tokens``
+    long and ``truncated`` is None.
     """
-    responses = torch.full((n, max_new_tokens), 0 if eos_token is None else eos_token, device=device)  # [N, T]
+    stops = torch.as_tensor(stop_tokens, dtype=torch.long, device=device)  # [S]
+    responses = torch.full((n, max_new_tokens), pad_token, device=device)  # [N, T]
     log_probs = torch.zeros(n, max_new_tokens, device=device)  # [N, T]
     mask = torch.zeros(n, max_new_tokens, dtype=torch.bool, device=device)  # [N, T]
     done = torch.zeros(n, dtype=torch.bool, device=device)  # [N]
     logits = next_logits(None)  # [N, V]
     for t in range(max_new_tokens):
-        tokens, token_log_probs = sample_from_logits(logits / temperature, generator, greedy)  # [N] each
+        tokens, token_log_probs = sample_from_logits(logits, generator, greedy)  # [N] each
         live = ~done
         responses[:, t] = torch.where(live, tokens, responses[:, t])
         log_probs[:, t] = torch.where(live, token_log_probs, 0.0)
         mask[:, t] = live
-        if eos_token is not None:
-            done |= tokens == eos_token
+        done |= torch.isin(tokens, stops)
         if t + 1 == max_new_tokens or (stop_when_done and bool(done.all())):
             break
         logits = next_logits(responses[:, t])
-    return Rollout(responses, log_probs, mask, None if eos_token is None else ~done)
+    return Rollout(responses, log_probs, mask, ~done if stops.numel() else None)
 
 
 class MLPPolicy(Policy):

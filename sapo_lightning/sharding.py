@@ -6,9 +6,9 @@ on the policy and on each frozen full copy (π_old, π_ref), all built from the 
 before any of them is sharded, so the three hold the same local shard of every parameter and
 the refresh π_old ← π_θ is a local copy on each rank (no communication).
 
-Only Hugging Face causal LMs are sharded (``HFCausalLMPolicy``, ``CausalLMPolicy``): every
+Only Hugging Face causal LMs are sharded (:class:`~sapo_lightning.lm.policy.CausalLMPolicy`): every
 submodule whose class the model names in ``_no_split_modules`` (its decoder layers) becomes a
-unit, and the model itself the root unit (embeddings, final norm, output layer). The policies call
+unit, and the model itself the root unit (embeddings, final norm, output layer). The policy calls
 the model's own ``forward`` at every decode step and in ``score``, which is where FSDP2 gathers
 and frees the parameters.
 """
@@ -39,7 +39,7 @@ def shard(policy: nn.Module, mesh, frozen: bool = False) -> None:
     models = causal_lms(policy)
     if not models:
         raise ConfigError(f"trainer.strategy: ModelParallelStrategy (FSDP) shards Hugging Face causal LMs "
-                          f"(HFCausalLMPolicy, CausalLMPolicy); got {type(policy).__name__}")
+                          f"(CausalLMPolicy); got {type(policy).__name__}")
     for model in models:
         layer_classes = set(model._no_split_modules)
         for module in model.modules():

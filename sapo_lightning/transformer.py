@@ -152,7 +152,7 @@ class TransformerPolicy(Policy):
 
             def next_logits(tokens: Tensor | None) -> Tensor:
                 new = queries if tokens is None else tokens.unsqueeze(-1)  # [N, S]
-                return self.head(self(new, cache)[:, -1])  # [N, V]
+                return self.head(self(new, cache)[:, -1]) / self.temperature  # [N, V]
 
         else:
             prefix = [queries]
@@ -160,11 +160,10 @@ class TransformerPolicy(Policy):
             def next_logits(tokens: Tensor | None) -> Tensor:
                 if tokens is not None:
                     prefix.append(tokens.unsqueeze(-1))
-                return self.head(self(torch.cat(prefix, 1))[:, -1])  # [N, V]
+                return self.head(self(torch.cat(prefix, 1))[:, -1]) / self.temperature  # [N, V]
 
-        return decode(
-            next_logits, n, self.max_new_tokens, self.eos_token, generator, greedy, self.temperature, queries.device
-        )
+        stops = [] if self.eos_token is None else [self.eos_token]
+        return decode(next_logits, n, self.max_new_tokens, stops, self.pad_token, generator, greedy, queries.device)
 
     def score(self, queries: Tensor, responses: Tensor) -> Scores:
         tokens = torch.cat([queries, responses[:, :-1]], 1)  # [N, D + T - 1]: the last token predicts nothing

@@ -195,7 +195,7 @@ def test_config_trains_a_few_steps(tmp_path, base, name):
 def test_text_recipe_parses(capsys):
     resolved = resolve(capsys, ["--config", str(RECIPE)])
     assert resolved["trainer"]["precision"] == "bf16-mixed"
-    assert resolved["model"]["policy"]["class_path"] == "sapo_lightning.text.policy.CausalLMPolicy"
+    assert resolved["model"]["policy"]["class_path"] == "sapo_lightning.lm.policy.CausalLMPolicy"
     task = resolved["data"]["task"]["init_args"]
     assert [r["function"].rsplit(".", 1)[1] for r in task["rewards"]] == ["numeric_answer", "regex_format"]
 

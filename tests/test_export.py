@@ -29,7 +29,7 @@ def text_fit_args(tmp_path: Path) -> list[str]:
     """A 2-step text fit of CausalLMPolicy on a tiny Llama, prompts "i+i=" with their answers."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"{i}+{i}=", "answer": str(2 * i)}) + "\n" for i in range(12)))
-    policy = {"class_path": "sapo_lightning.text.policy.CausalLMPolicy",
+    policy = {"class_path": "sapo_lightning.lm.policy.CausalLMPolicy",
               "init_args": {"model_config": LLAMA, "temperature": 0.9, "top_k": 50}}
     task = {"class_path": "sapo_lightning.text.task.PromptTask",
             "init_args": {"train_file": str(prompts), "tokenizer": str(ROOT / "assets" / "tokenizers" / "ascii"),
@@ -93,15 +93,20 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, case,
     assert sorted(tmp_path.rglob("*")) == before
 
 
-def test_a_policy_that_cannot_export_is_one_line(tmp_path, capsys):
-    # the shipped HFCausalLMPolicy run: its policy has no export
+@pytest.mark.parametrize(
+    "config, message",
+    [("sapo", "model.policy must be a policy that can export itself (sapo_lightning.lm.policy.CausalLMPolicy); "
+              "got 'MLPPolicy'"),
+     ("hf_tiny", "data.task must be a text task (PromptTask) to export its policy: a token task has no tokenizer to "
+                 "write")],
+    ids=["no-export", "token-task"],
+)
+def test_a_policy_that_cannot_export_is_one_line(tmp_path, capsys, config, message):
     checkpoint = run_dir(tmp_path)
-    (tmp_path / "version_0" / "config.yaml").write_text((ROOT / "configs" / "hf_tiny.yaml").read_text())
+    (tmp_path / "version_0" / "config.yaml").write_text((ROOT / "configs" / f"{config}.yaml").read_text())
     with pytest.raises(SystemExit) as exit_:
         main(["export", "--ckpt_path", str(checkpoint), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err == ("sapo-lightning export: error: model.policy must be a policy that can "
-                                             "export itself (sapo_lightning.text.policy.CausalLMPolicy); got "
-                                             "'HFCausalLMPolicy'\n")
+    assert exit_.value.code == 2 and err == f"sapo-lightning export: error: {message}\n"
     assert not (tmp_path / "out").exists()
 

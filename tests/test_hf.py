@@ -1,4 +1,4 @@
-"""HFCausalLMPolicy on tiny random models, built from a config or loaded from a directory (no download)."""
+"""CausalLMPolicy on token tasks, tiny random models built from a config or loaded from a directory (no download)."""
 
 import sys
 from pathlib import Path
@@ -11,12 +11,12 @@ import huggingface_hub.constants  # a dependency of transformers
 
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.cli import main
-from sapo_lightning.hf import HFCausalLMPolicy
+from sapo_lightning.lm.policy import CausalLMPolicy
 from sapo_lightning.tasks import Copy, ModularAddition, Reverse
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "hf_tiny.yaml"
 
-# a tiny Llama with a 16-token vocabulary, as HFCausalLMPolicy's model_config
+# a tiny Llama with a 16-token vocabulary, as CausalLMPolicy's model_config
 LLAMA = {"model_type": "llama", "vocab_size": 16, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
          "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
 
@@ -47,30 +47,38 @@ def model_log_softmax(policy, queries, responses, vocab, temperature):
     return torch.log_softmax(logits.float() / temperature, -1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
 
 
+def assert_scored_as_the_model(scores, expected, mask):
+    """The policy's log-probs are the model's on each response up to its EOS, and 0 after it."""
+    torch.testing.assert_close(scores.log_probs[mask], expected[mask], atol=1e-5, rtol=1e-5)
+    assert (scores.log_probs[~mask] == 0).all()
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_log_probs_round_trip_against_the_models_forward(models, arch):
     task = ModularAddition(num_digits=2)  # 13 task tokens: a restricted vocabulary of the 16-token model
     token_ids = [15, 0, 1] + list(range(2, 12))  # EOS is model token 15
-    policy = HFCausalLMPolicy(task, models[arch], token_ids=token_ids, temperature=0.8).eval()
+    policy = CausalLMPolicy(task, models[arch], token_ids=token_ids, temperature=0.8).eval()
     queries = task.sample_queries(32, torch.Generator().manual_seed(0))
     out = policy.sample(queries, torch.Generator().manual_seed(0))
     scores = policy.score(queries, out.responses)
     with torch.no_grad():
         expected = model_log_softmax(policy, queries, out.responses, torch.tensor(token_ids), 0.8)
-    torch.testing.assert_close(scores.log_probs, expected, atol=1e-5, rtol=1e-5)
+    assert (~out.mask).any()  # some responses ended early
+    assert_scored_as_the_model(scores, expected, out.mask)
     # the cached decode's log-probs are the scored ones, token for token
     torch.testing.assert_close(out.log_probs[out.mask], scores.log_probs[out.mask], atol=1e-5, rtol=1e-5)
-    assert (out.log_probs[~out.mask] == 0).all() and (out.responses[~out.mask] == task.eos_token).all()
+    assert (out.log_probs[~out.mask] == 0).all()
+    assert (out.responses[~out.mask] == task.eos_token).all()
 
 
 def test_identity_map_is_the_full_model_distribution(models):
     task = Reverse(length=3, num_symbols=13)  # 16 task tokens = the model's vocabulary
-    policy = HFCausalLMPolicy(task, models["llama"]).eval()
+    policy = CausalLMPolicy(task, models["llama"]).eval()
     queries = task.sample_queries(8, torch.Generator().manual_seed(0))
     out = policy.sample(queries, torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model_log_softmax(policy, queries, out.responses, torch.arange(16), 1.0)
-    torch.testing.assert_close(policy.score(queries, out.responses).log_probs, expected, atol=1e-5, rtol=1e-5)
+    assert_scored_as_the_model(policy.score(queries, out.responses), expected, out.mask)
 
 
 def test_tokenizer_maps_task_tokens_by_text(models, tmp_path):
@@ -83,7 +91,7 @@ def test_tokenizer_maps_task_tokens_by_text(models, tmp_path):
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>")
     tokenizer.save_pretrained(tmp_path)
     task = ModularAddition(num_digits=1)
-    policy = HFCausalLMPolicy(task, models["llama"], tokenizer=str(tmp_path)).eval()
+    policy = CausalLMPolicy(task, models["llama"], tokenizer=str(tmp_path)).eval()
     # task tokens EOS, SEP "=", PLUS "+", digits "0".."9" are the words <eos>, =, +, 0..9
     by_text = torch.tensor([0, 3, 2] + list(range(4, 14)))
     queries = task.sample_queries(16, torch.Generator().manual_seed(0))
@@ -91,24 +99,24 @@ def test_tokenizer_maps_task_tokens_by_text(models, tmp_path):
     assert out.responses.min() >= 0 and out.responses.max() < task.vocab_size  # task token ids
     with torch.no_grad():
         expected = model_log_softmax(policy, queries, out.responses, by_text, 1.0)
-    torch.testing.assert_close(policy.score(queries, out.responses).log_probs, expected, atol=1e-5, rtol=1e-5)
+    assert_scored_as_the_model(policy.score(queries, out.responses), expected, out.mask)
 
 
 def test_model_config_builds_a_random_model_from_the_seed(tmp_path):
     task = Copy(length=3, num_symbols=8)  # 11 task tokens of the 16-token model
     torch.manual_seed(1)
-    policy = HFCausalLMPolicy(task, model_config={**LLAMA, "eos_token_id": 0}).eval()
+    policy = CausalLMPolicy(task, model_config={**LLAMA, "eos_token_id": 0}).eval()
     torch.manual_seed(1)
-    again = HFCausalLMPolicy(task, model_config=LLAMA)
+    again = CausalLMPolicy(task, model_config=LLAMA)
     torch.manual_seed(2)
-    other = HFCausalLMPolicy(task, model_config=LLAMA)
+    other = CausalLMPolicy(task, model_config=LLAMA)
     weights = [torch.cat([p.flatten() for p in m.model.parameters()]) for m in (policy, again, other)]
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
     config = policy.model.config
     assert (type(config).__name__, config.vocab_size, config.hidden_size, config.eos_token_id) == ("LlamaConfig", 16, 32, 0)
     # saved and loaded back with path, it is the same policy
     policy.model.save_pretrained(tmp_path)
-    loaded = HFCausalLMPolicy(task, path=str(tmp_path)).eval()
+    loaded = CausalLMPolicy(task, path=str(tmp_path)).eval()
     queries = task.sample_queries(8, torch.Generator().manual_seed(0))
     out = policy.sample(queries, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -128,7 +136,7 @@ def test_model_config_builds_a_random_model_from_the_seed(tmp_path):
 )
 def test_bad_arguments(models, kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        HFCausalLMPolicy(ModularAddition(num_digits=1), models["llama"], **kwargs)
+        CausalLMPolicy(ModularAddition(num_digits=1), models["llama"], **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -149,12 +157,12 @@ def test_bad_model_source(models, kwargs, match):
     kwargs = {k: models["llama"] if v == "DIR" else v for k, v in kwargs.items()}
     match = match.replace("'DIR'", repr(models["llama"]))
     with pytest.raises(ConfigError, match=match):
-        HFCausalLMPolicy(Reverse(num_symbols=8), **kwargs)
+        CausalLMPolicy(Reverse(num_symbols=8), **kwargs)
 
 
 def test_task_vocabulary_larger_than_the_model_is_refused(models):
     with pytest.raises(ConfigError, match=r"task vocab_size must be <= the model's vocabulary \(16\) .*; got 17"):
-        HFCausalLMPolicy(Reverse(num_symbols=14), models["llama"])
+        CausalLMPolicy(Reverse(num_symbols=14), models["llama"])
 
 
 def test_missing_model_directory_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
@@ -174,7 +182,7 @@ def test_a_group_shares_its_prompt_with_the_results_of_one_row_each(models):
     """Copy's G responses per query are scored on the query's cache, computed once: the log-probs and
     gradients of the same rows scored apart (shuffled so that no two equal queries are neighbours)."""
     task = Copy(length=3)
-    policy = HFCausalLMPolicy(task, models["llama"], temperature=1.5)
+    policy = CausalLMPolicy(task, models["llama"], temperature=1.5)
     queries = task.sample_queries(3, torch.Generator().manual_seed(0)).repeat_interleave(4, 0)  # [12, D]
     rollout = policy.sample(queries, torch.Generator().manual_seed(0))
     weight = policy.model.get_input_embeddings().weight
@@ -185,3 +193,21 @@ def test_a_group_shares_its_prompt_with_the_results_of_one_row_each(models):
     (grads_apart,) = torch.autograd.grad(apart.log_probs.sum(), weight)
     torch.testing.assert_close(grouped.log_probs[order], apart.log_probs, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grads_grouped, grads_apart, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("config, old", [("hf_tiny", "sapo_lightning.hf.HFCausalLMPolicy"),
+                                         ("text_tiny", "sapo_lightning.text.policy.CausalLMPolicy")])
+def test_a_config_naming_a_removed_policy_class_is_one_line_naming_the_new_one(tmp_path, capsys, monkeypatch, config, old):
+    monkeypatch.setattr(sys, "argv", ["sapo-lightning"])
+    monkeypatch.chdir(CONFIG.parents[1])  # text_tiny's data paths are relative to the repository root
+    written = (CONFIG.parent / f"{config}.yaml").read_text()
+    assert "class_path: sapo_lightning.lm.policy.CausalLMPolicy" in written
+    (tmp_path / "old.yaml").write_text(written.replace("sapo_lightning.lm.policy.CausalLMPolicy", old))
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(tmp_path / "old.yaml"), "--trainer.default_root_dir", str(tmp_path / "run")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (f'sapo-lightning: error: Parser key "model.policy": {old} is removed: use '
+                   "sapo_lightning.lm.policy.CausalLMPolicy, the one policy for token and text tasks, with the same "
+                   "init_args\n")
+    assert not (tmp_path / "run").exists()

@@ -17,7 +17,7 @@ from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.commands import main
 from sapo_lightning.frozen import WeightSnapshot, evaluating
-from sapo_lightning.hf import HFCausalLMPolicy
+from sapo_lightning.lm.policy import CausalLMPolicy
 from sapo_lightning.tasks import Copy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +33,8 @@ def plain_argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["sapo-lightning"])  # LightningCLI warns about pytest's own argv
 
 
-def policy(**kwargs) -> HFCausalLMPolicy:
-    return HFCausalLMPolicy(TASK, model_config=LLAMA, temperature=2.0, **{"lora": LORA, **kwargs})
+def policy(**kwargs) -> CausalLMPolicy:
+    return CausalLMPolicy(TASK, model_config=LLAMA, temperature=2.0, **{"lora": LORA, **kwargs})
 
 
 def numel(tensors) -> int:
@@ -181,7 +181,7 @@ def prompts(tmp_path) -> Path:
 
 def text_fit(root: Path, prompts: Path, max_steps: int, *extra: str) -> Path:
     """A LoRA text fit (lagged π_old, a reference KL, 2 updates per rollout); its last checkpoint."""
-    policy = {"class_path": "sapo_lightning.text.policy.CausalLMPolicy",
+    policy = {"class_path": "sapo_lightning.lm.policy.CausalLMPolicy",
               "init_args": {"model_config": TEXT_LLAMA, "lora": {"r": 2, "alpha": 4.0, "target_modules": ["q_proj", "v_proj"]}}}
     task = {"class_path": "sapo_lightning.text.task.PromptTask",
             "init_args": {"train_file": str(prompts), "tokenizer": str(ROOT / "assets" / "tokenizers" / "ascii"),
@@ -275,7 +275,7 @@ def test_adapter_export_of_a_policy_without_lora_is_one_line(tmp_path, capsys, m
 
 
 def test_an_adapter_export_names_the_saved_base_it_was_trained_on(tmp_path, prompts):
-    from sapo_lightning.text.policy import CausalLMPolicy
+    from sapo_lightning.lm.policy import CausalLMPolicy
     from sapo_lightning.text.task import PromptTask
 
     torch.manual_seed(0)

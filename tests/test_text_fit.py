@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # fits of a tiny text model
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "--model.policy=sapo_lightning.text.policy.CausalLMPolicy",
+    "--model.policy=sapo_lightning.lm.policy.CausalLMPolicy",
     '--model.policy.init_args.model_config={"model_type": "llama", "vocab_size": 101, "hidden_size": 16, '
     '"intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, '
     '"max_position_embeddings": 64, "tie_word_embeddings": true, "attention_dropout": 0.0, '

@@ -1,4 +1,4 @@
-"""CausalLMPolicy on a tiny random Llama over the shipped ASCII tokenizer (no download)."""
+"""CausalLMPolicy on a text task: a tiny random Llama or GPT-2 over the shipped ASCII tokenizer (no download)."""
 
 import json
 from pathlib import Path
@@ -10,9 +10,9 @@ transformers = pytest.importorskip("transformers")
 import huggingface_hub.constants  # a dependency of transformers
 
 from sapo_lightning.checks import ConfigError
-from sapo_lightning.text.policy import CausalLMPolicy
+from sapo_lightning.lm.policy import CausalLMPolicy
 from sapo_lightning.text.prompts import Prompts, pad_left
-from sapo_lightning.text.sampling import sampling_logits
+from sapo_lightning.lm.sampling import sampling_logits
 from sapo_lightning.text.task import PromptTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,11 +208,16 @@ def test_bad_arguments_are_one_line_config_errors(task, kwargs, match):
     assert "\n" not in str(err.value)
 
 
-def test_synthetic_tasks_are_refused(task):
-    from sapo_lightning.tasks import Copy
+def test_state_query_tasks_and_a_token_map_on_a_text_task_are_refused(task):
+    from sapo_lightning.tasks import FixedTarget
 
-    with pytest.raises(ConfigError, match="model.policy must be a policy for token queries with task Copy"):
-        CausalLMPolicy(Copy(), model_config=LLAMA)
+    with pytest.raises(ConfigError, match="model.policy must be a policy for state queries with task FixedTarget; "
+                                          "got 'CausalLMPolicy'"):
+        CausalLMPolicy(FixedTarget([2, 5, 7]), model_config=LLAMA)
+    with pytest.raises(ConfigError, match=r"tokenizer and token_ids must be null for a text task, whose tokens are "
+                                          r"its tokenizer's \(data.task.init_args.tokenizer\); got \{'tokenizer': None, "
+                                          r"'token_ids': \[0, 1\]\}"):
+        CausalLMPolicy(task, model_config=LLAMA, token_ids=[0, 1])
 
 
 def test_export_loads_with_plain_transformers_and_generates_the_policys_greedy_completions(task, tmp_path):
@@ -244,7 +249,7 @@ def test_a_bfloat16_model_samples_and_scores_in_float32(task):
 
 
 def test_shared_prompts_detects_groups_of_equal_consecutive_rows():
-    from sapo_lightning.hf import shared_prompts
+    from sapo_lightning.lm.prefill import shared_prompts
 
     rows = torch.tensor([[1, 2], [3, 4], [5, 6]])
     assert shared_prompts(rows.repeat_interleave(4, 0)) == 4
@@ -274,7 +279,7 @@ def test_a_group_shares_its_prompt_with_the_results_of_one_row_each(task, arch):
 def test_a_model_with_dropout_or_checkpointing_scores_every_row_whole_in_training():
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from sapo_lightning.hf import can_share_prompts_in_training
+    from sapo_lightning.lm.prefill import can_share_prompts_in_training
 
     def model(**fields):
         return AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**LLAMA, **fields}))

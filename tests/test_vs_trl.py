@@ -12,7 +12,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import vs_trl  # noqa: E402
 
-from sapo_lightning.hf import HFCausalLMPolicy  # noqa: E402
+from sapo_lightning.lm.policy import CausalLMPolicy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_copy_prompts_tokenize_to_our_queries_and_our_policy_maps_tokens_one_to_
     trl_ids = tokenizer([row["prompt"] for row in rows])["input_ids"]  # TRL tokenizes with the default arguments
     assert torch.equal(torch.tensor(trl_ids), ours)
     # our policy, given the same tokenizer, maps task token t to model token t
-    assert HFCausalLMPolicy(task, path=str(copy_model), tokenizer=str(copy_model)).vocab is None
+    assert CausalLMPolicy(task, path=str(copy_model), tokenizer=str(copy_model)).vocab is None
 
 
 def test_trl_copy_reward_is_ours_on_completions_cut_after_eos():

@@ -1,4 +1,4 @@
-"""The distribution the text policy samples from and scores under: tempered, then top-k, then top-p."""
+"""The distribution a causal-LM policy samples from and scores under: tempered, then top-k, then top-p."""
 
 from __future__ import annotations
 

@@ -1,0 +1,76 @@
+"""The causal LM of a policy: loaded from a directory or built from a config, and what its ``forward`` accepts."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Any
+
+import torch
+from huggingface_hub.errors import StrictDataclassError  # a dependency of transformers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from sapo_lightning.checks import ConfigError, check_choice, fail
+from sapo_lightning.lora import LoRA, apply_lora, base_model
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def load_causal_lm(
+    path: str | None,
+    model_config: dict[str, Any] | None,
+    dtype: str,
+    gradient_checkpointing: bool,
+    lora: LoRA | dict[str, Any] | None = None,
+) -> PreTrainedModel:
+    """A causal LM from a local ``save_pretrained`` directory or, randomly initialised, from a config
+    mapping; with ``lora``, wrapped by PEFT with only the adapters trainable."""
+    if (path is None) == (model_config is None):
+        raise ConfigError(
+            f"exactly one of path and model_config must be given; got path={path!r}, model_config={model_config!r}"
+        )
+    check_choice("dtype", dtype, DTYPES)
+    if path is not None:
+        if not os.path.isdir(path):
+            fail("path", "an existing model directory (written by save_pretrained; download a hub model first)", path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    else:
+        model = AutoModelForCausalLM.from_config(_model_config(model_config), dtype=getattr(torch, dtype))
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if lora is not None:
+        if gradient_checkpointing:  # the frozen embeddings' output must carry a gradient into the checkpoints
+            model.enable_input_require_grads()
+        model = apply_lora(model, lora)
+    return model
+
+
+def cache_argument(model: PreTrainedModel) -> str:
+    """Name of the KV-cache argument of ``model.forward`` and attribute of its output."""
+    forward_args = inspect.signature(base_model(model).forward).parameters  # a PEFT wrapper takes **kwargs
+    return "cache" if "cache" in forward_args else "past_key_values"  # renamed in transformers 5
+
+
+def takes_logits_to_keep(model: PreTrainedModel) -> bool:
+    """Whether ``model.forward`` can compute the logits of the last positions only (``logits_to_keep``)."""
+    return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
+
+
+def _model_config(spec: Any) -> Any:
+    """The ``transformers`` config a ``model_config`` mapping describes; unknown fields are refused."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("model_type"), str):
+        fail("model_config", "a mapping with a model_type (llama, gpt2, ...) and that config's fields", spec)
+    fields = {key: value for key, value in spec.items() if key != "model_type"}
+    try:
+        default = AutoConfig.for_model(spec["model_type"])
+    except ValueError:
+        fail("model_config.model_type", "a transformers model type (llama, gpt2, ...)", spec["model_type"])
+    # a config stores unknown keys silently: a misspelt field would leave its default in place
+    known = set(default.to_dict()) | set(default.attribute_map) | {"attn_implementation"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        fail("model_config fields", f"fields of a {spec['model_type']} config", unknown)
+    try:
+        return AutoConfig.for_model(spec["model_type"], **fields)
+    except (ValueError, TypeError, StrictDataclassError) as err:  # the config class validates its fields
+        fail("model_config", f"a valid {spec['model_type']} config ({' '.join(str(err).split())})", fields)
