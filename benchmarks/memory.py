@@ -5,10 +5,10 @@
 
 Runs the real command (``sapo_lightning.cli.main(["fit", "--config", "configs/sapo.yaml", ...])``)
 with everything on: TensorBoard logging every 10 steps, validation and a checkpoint every 50,
-the progress bar (to /dev/null). A callback reads the process's current RSS (/proc/self/statm)
-and peak RSS (getrusage) every ``--every`` steps. The verdict compares the RSS at the end with
-the RSS once warmed up (after the first 20% of the run): flat means it grew by less than
-``--tolerance`` MiB over the remaining 80%.
+the progress bar (to /dev/null). A callback reads the process's current RSS, then its peak RSS
+(``VmRSS``, ``VmHWM`` of /proc/self/status, so the peak is never below the RSS) every ``--every``
+steps. The verdict compares the RSS at the end with the RSS once warmed up (after the first 20% of
+the run): flat means it grew by less than ``--tolerance`` MiB over the remaining 80%.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -28,18 +27,9 @@ from lightning.pytorch import Callback
 
 from sapo_lightning.cli import main
 from sapo_lightning.compare.runner import redirect_output
+from step_probe import peak_rss_mib, rss_mib
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sapo.yaml"
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE / 2**20
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class RSSProbe(Callback):

@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per case (CPU)")
     args = parser.parse_args()
     load = os.getloadavg()
-    measure = "torch.cuda.max_memory_allocated" if args.device == "cuda" else "peak RSS (getrusage)"
+    measure = "torch.cuda.max_memory_allocated" if args.device == "cuda" else "peak RSS (VmHWM)"
     print(f"B·G = {args.batch} x {args.group} = {args.batch * args.group} responses, {args.steps} steps per case, "
           f"{args.device}, {measure}, load average {load[0]:.1f}")
     print()

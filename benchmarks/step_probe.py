@@ -6,7 +6,7 @@ Used by ``micro_batch_memory.py`` and ``scale.py``, which start one such process
 peak is its own. The :class:`StepProbe` callback (added to the run as
 ``--trainer.callbacks+=step_probe.StepProbe``) reads, on CPU, the process's resident memory at the
 start of training (``setup``: after the model, its frozen copies and the optimizer are built) and
-its peak RSS (``getrusage``) at the end; on CUDA, ``torch.cuda.memory_allocated`` at the start and
+its peak RSS (``VmHWM`` of /proc/self/status) at the end; on CUDA, ``torch.cuda.memory_allocated`` at the start and
 ``max_memory_allocated`` since then. *step peak* = peak − memory at the start: what the steps
 (rollout, scoring, backward, optimizer state) add on top of the weights. Seconds per step are the
 median over the optimizer steps after the first (the warm-up: first allocations, Adam's state).
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from lightning.pytorch import Callback
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent  # the fits run here: the text configs' data paths are relative to it
-PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 2**20
 
 
@@ -44,13 +42,20 @@ def copy_fit_args(model: dict[str, Any], steps: int, device: str, batch: int, gr
             f"--data.batch_size={batch}", f"--model.group_size={group}"]
 
 
+def _status_mib(field: str) -> float:
+    """A ``kB`` field of /proc/self/status in MiB: the kernel's exact counts (getrusage's peak lags them)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+
+
 def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE / MIB
+    """Resident memory now (``VmRSS``)."""
+    return _status_mib("VmRSS")
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """Peak resident memory so far (``VmHWM``): at least every earlier :func:`rss_mib`."""
+    return _status_mib("VmHWM")
 
 
 class StepProbe(Callback):

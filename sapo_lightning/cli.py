@@ -21,7 +21,7 @@ from sapo_lightning.checkpointing import RunCheckpoint, find_last
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.module import RLModule
-from sapo_lightning.text.rewards import RewardFunctionError
+from sapo_lightning.text.reward_binding import RewardFunctionError
 
 #: trainer.precision's values, as the one-line error lists them (Lightning's own spellings)
 def _literals(annotation: Any) -> list:

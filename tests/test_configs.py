@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -101,6 +102,22 @@ def test_the_tests_cover_every_shipped_config():
     covered = {f"{b}.yaml" for b in BASES} | {f"objectives/{o}.yaml" for o in OBJECTIVES} | {"ddp.yaml", RECIPE.name}
     covered |= {LORA.name, FSDP.name}
     assert shipped == covered
+
+
+def test_configuration_doc_lists_every_config_with_its_kind():
+    # docs/configuration.md's table: | `configs/FILE` | full, overlay (...) or study | what it sets |
+    doc = (CONFIGS.parent / "docs" / "configuration.md").read_text()
+    listed = {}
+    for path, kind in re.findall(r"^\| `configs/([^`]+)` \| (full|overlay|study)\b", doc, re.MULTILINE):
+        for name in OBJECTIVES if "<name>" in path else [path]:
+            listed[path.replace("<name>", name)] = kind
+    assert listed.pop("studies/*.yaml") == "study"
+    (studies_row,) = re.findall(r"^\| `configs/studies/\*\.yaml` .*$", doc, re.MULTILINE)
+    for study in (CONFIGS / "studies").glob("*.yaml"):
+        assert f"`{study.stem}`" in studies_row, study.name
+    full = {f"{b}.yaml" for b in BASES} | {RECIPE.name}
+    overlays = {f"objectives/{o}.yaml" for o in OBJECTIVES} | {DDP.name, LORA.name, FSDP.name}
+    assert listed == {name: "full" for name in full} | {name: "overlay" for name in overlays}
 
 
 @pytest.mark.parametrize(("base", "name"), [case(base, name) for base in BASES for name in OBJECTIVES])

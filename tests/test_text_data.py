@@ -3,6 +3,8 @@
 import copy
 import json
 import logging
+import runpy
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -327,3 +329,21 @@ def test_shipped_ascii_tokenizer_equals_a_fresh_one():
     assert shipped.encode(PRINTABLE) == fresh.encode(PRINTABLE) and shipped.decode(fresh.encode(PRINTABLE)) == PRINTABLE
     special = ["pad_token_id", "eos_token_id", "bos_token_id", "unk_token_id", "padding_side"]
     assert [getattr(shipped, name) for name in special] == [getattr(fresh, name) for name in special]
+
+
+def test_demo_data_is_what_make_writes_split_by_word_length(tmp_path):
+    # data/text_demo/make.py writes beside itself: run a copy in tmp_path and compare with the shipped files
+    demo = ASSETS.parents[2] / "data" / "text_demo"
+    (tmp_path / "make.py").write_text((demo / "make.py").read_text())
+    runpy.run_path(str(tmp_path / "make.py"), run_name="__main__")
+    for name in ("train.jsonl", "val.jsonl"):
+        assert (tmp_path / name).read_text() == (demo / name).read_text()
+    rows = {name: [json.loads(line) for line in open(demo / name)] for name in ("train.jsonl", "val.jsonl")}
+    pairs = {name: {(row["op"], row["prompt"].split(": ", 1)[1]) for row in found} for name, found in rows.items()}
+    assert len(pairs["train.jsonl"]) == 4000 and len(pairs["val.jsonl"]) == 400  # unique pairs
+    assert not pairs["train.jsonl"] & pairs["val.jsonl"]
+    lengths = {name: Counter(len(word) for _, word in found) for name, found in pairs.items()}
+    # every word length holds out its 1/11 share (largest remainders): 16 one-letter pairs give 1
+    assert lengths["val.jsonl"] == {1: 1, 2: 12, 3: 78, 4: 145, 5: 164}
+    for length, held in lengths["val.jsonl"].items():
+        assert abs(held - (held + lengths["train.jsonl"][length]) / 11) < 1

@@ -12,7 +12,7 @@ from sapo_lightning.checks import check_int, check_number
 from sapo_lightning.tasks import Rewards, Task
 from sapo_lightning.text.dataset import PromptDataset
 from sapo_lightning.text.prompts import Prompts
-from sapo_lightning.text.rewards import RewardFunctions, RewardSpec
+from sapo_lightning.text.reward_binding import RewardFunctions, RewardSpec
 
 
 class PromptTask(Task):
@@ -99,12 +99,6 @@ class PromptTask(Task):
         rewards = self.reward_functions(queries.texts, self.decode(responses, mask), queries.columns)  # on the CPU
         device = responses.device
         return Rewards(rewards.total.to(device), {name: term.to(device) for name, term in rewards.terms.items()})
-
-    def reward(self, queries: Prompts, responses: Tensor, mask: Tensor) -> Tensor:
-        return self.rewards(queries, responses, mask).total
-
-    def exact_match(self, queries: Prompts, responses: Tensor, mask: Tensor) -> Tensor:
-        return self.evaluate(queries, responses, mask)["exact_match"].bool()
 
     def evaluate(self, queries: Prompts, responses: Tensor, mask: Tensor) -> dict[str, Tensor]:
         rewards = self.rewards(queries, responses, mask)
