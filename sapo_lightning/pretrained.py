@@ -35,8 +35,9 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 def resolve(option: str, spec: str) -> str:
     """What ``from_pretrained`` should load for ``spec``: a local directory or a hub id."""
+    what = "tokenizer" if option.endswith("tokenizer") else "model"
     if not isinstance(spec, str) or not spec:
-        fail(option, "a model directory, a hub id, a .gguf file or pkg:PACKAGE/FILE.gguf", spec)
+        fail(option, f"a {what} directory, a hub id, a .gguf file or pkg:PACKAGE/FILE.gguf", spec)
     if spec.startswith(PACKAGE_PREFIX):
         return gguf_directory(option, package_file(option, spec))
     path = Path(spec).expanduser()
@@ -47,10 +48,11 @@ def resolve(option: str, spec: str) -> str:
     if path.is_dir():
         return str(path)
     if path.exists():
-        fail(option, "a model directory (save_pretrained), a hub id, a .gguf file or pkg:PACKAGE/FILE.gguf", spec)
+        fail(option, f"a {what} directory (save_pretrained), a hub id, a .gguf file or pkg:PACKAGE/FILE.gguf", spec)
     if HUB_ID.fullmatch(spec) and ".." not in spec:
         return hub_id(option, spec)
-    fail(option, f"an existing model directory ({where(spec)}), a hub id, a .gguf file or pkg:PACKAGE/FILE.gguf", spec)
+    fail(option, f"an existing {what} directory ({where(spec)}), a hub id, a .gguf file or pkg:PACKAGE/FILE.gguf",
+         spec)
 
 
 def where(spec: str) -> str:

@@ -19,6 +19,7 @@ from sapo_lightning.lm.prefill import can_share_prompts_in_training, prefill_onc
 from sapo_lightning.lm.sampling import response_mask, sampling_logits, truncated_scores
 from sapo_lightning.lora import LoRA, is_peft_model
 from sapo_lightning.policies import Policy, Rollout, Scores, check_token_queries, decode
+from sapo_lightning.pretrained import resolve
 from sapo_lightning.tasks import Task
 from sapo_lightning.text.prompts import Prompts
 
@@ -62,12 +63,14 @@ class CausalLMPolicy(Policy):
     and it gets no gradient through log π_θ. With ``top_p=1`` and ``top_k=0`` it is the plain
     ratio of the tempered softmaxes.
 
-    The model comes from exactly one of ``path``, a local directory written by
-    ``save_pretrained`` (hub ids are not accepted: download the model first, ``hf download ID
-    --local-dir DIR``, so a run never depends on the network), and ``model_config``, a
-    ``transformers`` config as a mapping, ``model_type`` (``llama``, ``gpt2``, ...) and that
-    config's fields, randomly initialised from the global torch seed (the run's
-    ``seed_everything``), no file needed.
+    The model comes from exactly one of ``path`` and ``model_config``. ``path`` is a directory
+    written by ``save_pretrained``, a hub id (through transformers' cache; offline, it must be
+    cached), a ``.gguf`` file or ``pkg:PACKAGE/FILE.gguf``, a GGUF file an installed package ships
+    (dequantized once per machine into a cached directory: :mod:`sapo_lightning.pretrained`).
+    ``model_config`` is a ``transformers`` config as a mapping, ``model_type`` (``llama``,
+    ``gpt2``, ...) and that config's fields, randomly initialised from the global torch seed (the
+    run's ``seed_everything``), no file needed. The longest prompt plus ``max_new_tokens`` must
+    fit the model's ``max_position_embeddings``.
 
     With ``lora``, the model is wrapped by PEFT and only the adapters train: π_old and the
     reference are copies of the adapters on the one shared base model, and checkpoints hold
@@ -80,9 +83,11 @@ class CausalLMPolicy(Policy):
     Args:
         task: The task served: a text task (its tokenizer, max_new_tokens and stop token ids) or
             a token task (its vocabulary, max_new_tokens and EOS).
-        path: Local directory of a model saved with ``save_pretrained``.
+        path: The model: a ``save_pretrained`` directory, a hub id, a ``.gguf`` file, or
+            ``pkg:PACKAGE/FILE.gguf`` (a GGUF file inside an installed package).
         model_config: ``transformers`` config of a new random model: ``model_type`` and its fields.
-        tokenizer: Token tasks only: local directory of a tokenizer to map task tokens by their text.
+        tokenizer: Token tasks only: a tokenizer to map task tokens by their text (a directory, hub id
+            or GGUF file, as ``path``).
         token_ids: Token tasks only: model token id of each task token, ``task.vocab_size`` distinct ids.
         temperature: Sampling temperature (> 0); log-probs are those of the distribution sampled from.
         top_p: Nucleus mass in (0, 1]; 1 keeps every token.
@@ -120,10 +125,12 @@ class CausalLMPolicy(Policy):
         self.temperature = check_positive("temperature", temperature)
         self.top_p = check_number("top_p", top_p, 0, 1, low_open=True)
         self.top_k = check_int("top_k", top_k, 0)
-        if tokenizer is not None and not os.path.isdir(tokenizer):
-            fail("tokenizer", "an existing tokenizer directory (written by save_pretrained)", tokenizer)
-        self.model = load_causal_lm(path, model_config, dtype, gradient_checkpointing, lora)
-        self.path = None if path is None else os.path.abspath(path)  # the base an exported adapter names
+        tokenizer = None if tokenizer is None else resolve("tokenizer", tokenizer)
+        source = None if path is None else resolve("path", path)  # a directory or a hub id
+        self.model = load_causal_lm(source, model_config, dtype, gradient_checkpointing, lora)
+        # the base an exported adapter names
+        self.path = source if source is None or not os.path.isdir(source) else os.path.abspath(source)
+        check_positions(self.model, task.longest_prompt if text else task.query_dim, task.response_len)
         self.max_new_tokens = task.response_len
         self.stop_when_done = stop_when_done
         model_vocab = self.model.get_output_embeddings().weight.shape[0]
@@ -261,6 +268,14 @@ class CausalLMPolicy(Policy):
                           max_new_tokens=self.max_new_tokens, eos_token_id=self.stop_ids.tolist(),
                           pad_token_id=self.pad_token)
         generation.save_pretrained(target)
+
+
+def check_positions(model: torch.nn.Module, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuse a task whose longest prompt and response do not fit the model's positions (RoPE or learned)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and prompt_tokens + max_new_tokens > limit:
+        fail("max_new_tokens", f"at most {limit - prompt_tokens}: the longest prompt ({prompt_tokens} tokens) plus "
+             f"max_new_tokens must fit the model's max_position_embeddings={limit}", max_new_tokens)
 
 
 def prompt_tensors(queries: Prompts | Tensor) -> tuple[Tensor, Tensor]:

@@ -77,6 +77,9 @@ class PromptTask(Task):
         for i, token in enumerate(stop_token_ids or []):
             check_int(f"stop_token_ids[{i}]", token, 0, self.vocab_size - 1)
         self.stop_token_ids = [self.eos_token, *(t for t in stop_token_ids or [] if t != self.eos_token)]
+        #: tokens of the longest prompt of any split: with max_new_tokens, the positions a policy must hold
+        self.longest_prompt = max(len(row["input_ids"]) for rows in (self.data.train_rows, self.data.val_rows,
+                                                                     self.data.test_rows) for row in rows)
 
     # -- data: the dataset's ---------------------------------------------------------------
     def train_batch(self, index: int, batch_size: int, seed: int, rank: int, world_size: int) -> Prompts:
