@@ -1,4 +1,9 @@
-"""The LightningModule: old/new policy pair, rollouts, advantages and one injected objective."""
+"""The LightningModule: the RL loop (sample, reward, advantages, updates) around one injected objective.
+
+What the loop leans on lives beside it: π_old / π_ref copies in :mod:`~sapo_lightning.frozen`, a
+checkpoint's contents in :mod:`~sapo_lightning.checkpoint_state`, config checks in
+:mod:`~sapo_lightning.checks`, FSDP in :mod:`~sapo_lightning.sharding`.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +20,14 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from sapo_lightning.advantages import GroupAdvantages, check_group, group_advantages_with_stats
-from sapo_lightning.checks import ConfigError, check_int, check_number, check_positive, fail
-from sapo_lightning.frozen import Frozen, WeightSnapshot, evaluating, freeze, refresh, state_from_policy
+from sapo_lightning.callbacks import require_old_policy_sync
+from sapo_lightning.checkpoint_state import drop_frozen_weights, fit_to_run
+from sapo_lightning.checks import check_int, check_number, check_optimizer, check_positive, check_schedule
+from sapo_lightning.frozen import Frozen, evaluating, freeze, refresh
 from sapo_lightning.metrics import Diagnostics, combine_micro_batches
 from sapo_lightning.objectives import Objective, aggregate, k3_kl, masked_mean, micro_batch_share
 from sapo_lightning.policies import Policy, Rollout, concat_rollouts
-from sapo_lightning.sharding import data_parallel_mesh, shard
+from sapo_lightning.sharding import data_parallel_mesh, shard_with_copies
 from sapo_lightning.tasks import Rewards, Task
 
 
@@ -33,6 +40,9 @@ class RLModule(LightningModule):
     ``updates_per_rollout`` optimizer steps on ``objective(log_probs, old_log_probs,
     advantages, mask)``. The module never looks at which objective it holds: it logs
     whatever diagnostics the objective returns under ``train/``.
+
+    A fit needs :class:`~sapo_lightning.callbacks.OldPolicySync` among the Trainer's callbacks
+    (``sapo-lightning fit`` adds it as ``sync``): it decides when π_old ← π_θ.
 
     Args:
         policy: Policy class and its own arguments; the task supplies vocabulary and lengths.
@@ -80,157 +90,70 @@ class RLModule(LightningModule):
         self.updates_per_rollout = check_int("updates_per_rollout", updates_per_rollout, 1)
         self.advantage_scale = advantage_scale
         self.max_grad_norm = check_positive("max_grad_norm", max_grad_norm, allow_none=True)
+        check_optimizer(optimizer)
         self.optimizer_factory = optimizer
-        _check_optimizer(optimizer)
         self.micro_batch_size = check_int("micro_batch_size", micro_batch_size, 1, allow_none=True)
         self.beta = check_number("beta", beta, 0)
         self.policy = policy(task)
         # π_old and π_ref (see sapo_lightning.frozen), built by configure_model once the run is known
         self.old_policy: Frozen = None
         self.ref_policy: Frozen = None
-        self.keep_old_copy(True)  # OldPolicySync decides; without it π_old stays the initial policy
+        self.keep_old_copy(True)  # until OldPolicySync, which a fit requires, decides
         self._sharded = False  # by configure_model, under ModelParallelStrategy (FSDP2)
         self.train_diagnostics = Diagnostics()
         self.pass_k = check_int("pass_k", pass_k, 1, allow_none=True)
         self.eval_metrics = nn.ModuleDict()  # "val/<name>" -> MeanMetric, made at the first evaluation
         self.grad_norm = torch.tensor(math.nan)  # of the last update, set in on_before_optimizer_step
 
-    # -- the loop's invariants and state ---------------------------------------------------
-    def check_trainer(self, trainer: Trainer, datamodule: Any = None) -> None:
-        """Refuse a Trainer (and data) this loop cannot run with (called by ``setup``; the CLI calls it
-        before writing, when the data module is not yet attached to the Trainer)."""
-        max_steps, updates = trainer.max_steps, self.updates_per_rollout
-        if max_steps > 0 and max_steps % updates:
-            fail("trainer.max_steps", f"a multiple of model.updates_per_rollout={updates} "
-                 f"(a rollout batch makes {updates} optimizer steps)", max_steps)
-        batch_size = getattr(datamodule or trainer.datamodule, "batch_size", None)
-        if self.micro_batch_size is not None and batch_size is not None:
-            responses = batch_size * self.group_size
-            if responses % self.micro_batch_size:
-                fail("model.micro_batch_size", f"a divisor of the batch's {responses} responses "
-                     f"(data.batch_size={batch_size} x model.group_size={self.group_size})", self.micro_batch_size)
-
-    def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self.check_trainer(self.trainer)
-
-    def keep_old_copy(self, keep: bool) -> None:
-        """Whether π_old is a frozen copy (lagged) or the live policy itself (refreshed before every
-        rollout, so equal to π_θ when it samples); called by :class:`~sapo_lightning.callbacks.OldPolicySync`."""
-        self._keep_old_copy = keep
-
-    def configure_model(self) -> None:
-        # Before any strategy wraps the policy, and before a checkpoint is restored into the copies.
-        try:
-            fitting = self.trainer.state.fn == "fit"  # evaluation samples from π_θ only
-        except RuntimeError:  # not attached to a Trainer: built from Python, for training
-            fitting = True
-        if fitting:
-            if self._keep_old_copy and self.old_policy is None:
-                self.old_policy = freeze(self.policy)
-            if self.beta > 0 and self.ref_policy is None:
-                self.ref_policy = freeze(self.policy)
-        if self.device_mesh is not None and not self._sharded:
-            self._shard(data_parallel_mesh(self.device_mesh))
-
-    def _shard(self, mesh: Any) -> None:
-        """ModelParallelStrategy (FSDP2): the policy and its full copies, sharded alike (see
-        :mod:`sapo_lightning.sharding`); a weight snapshot is retaken from the sharded parameters."""
-        shard(self.policy, mesh)
-        for frozen in (self.old_policy, self.ref_policy):
-            if isinstance(frozen, Policy):
-                shard(frozen, mesh, frozen=True)
-        for name in ("old_policy", "ref_policy"):
-            if isinstance(getattr(self, name), WeightSnapshot):
-                setattr(self, name, WeightSnapshot(self.policy))
-        self._sharded = True
-
-    def frozen_names(self) -> list[str]:
-        """State-dict keys of the policy's frozen parameters (a LoRA base model), every name of a shared one."""
-        return [f"policy.{name}" for name, p in self.policy.named_parameters(remove_duplicate=False)
-                if not p.requires_grad]
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Frozen policy weights (a LoRA base model) are rebuilt from the config; only what trains is saved,
-        # with a checksum of the frozen ones. A sharded (FSDP) checkpoint keeps them: it loads strictly.
-        names = self.frozen_names()
-        if not names or self._sharded:
-            return
-        for name in names:
-            checkpoint["state_dict"].pop(name, None)
-        checkpoint["frozen_weights_checksum"] = frozen_checksum(self.policy)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Fit a checkpoint's state to this run's copies: frozen weights from the config (refused if they
-        are not those it was trained on), π_old / π_ref dropped if this run keeps none, or taken from
-        the checkpoint's policy if it kept none."""
-        if "state_dict" not in checkpoint:
-            return  # a sharded (FSDP) checkpoint: the strategy loads the weights itself
-        expected = checkpoint.get("frozen_weights_checksum")
-        if expected is not None and not math.isclose(frozen_checksum(self.policy), expected, rel_tol=1e-9):
-            fail("the frozen base weights", "those the checkpoint's adapters were trained on (the same "
-                 "model path, or the same model_config and seed_everything)",
-                 f"checksum {frozen_checksum(self.policy)!r} against the checkpoint's {expected!r}")
-        state, own = checkpoint["state_dict"], self.state_dict()
-        for key in [k for k in state if k not in own and k.startswith(("old_policy.", "ref_policy."))]:
-            del state[key]
-        for key in self.frozen_names():
-            state.setdefault(key, own[key])
-        policy_state = {key[len("policy."):]: value for key, value in state.items() if key.startswith("policy.")}
-        for prefix, frozen in (("old_policy.", self.old_policy), ("ref_policy.", self.ref_policy)):
-            if not any(key.startswith(prefix) for key in state):
-                state.update({prefix + key: value for key, value in state_from_policy(frozen, policy_state).items()})
-
-    def sync_old_policy(self) -> None:
-        """π_old ← π_θ (called by :class:`~sapo_lightning.callbacks.OldPolicySync`)."""
-        refresh(self.old_policy, self.policy)
-
-    def train(self, mode: bool = True) -> RLModule:
-        super().train(mode)
-        for frozen in (self.old_policy, self.ref_policy):
-            if isinstance(frozen, Policy):
-                frozen.eval()  # a frozen copy always evaluates in eval mode
-        return self
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        # the trainable parameters only: with LoRA, the adapters (the frozen base gets no state)
-        return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
-
-    # -- training ------------------------------------------------------------------------
+    # -- the loop ------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         queries = batch["queries"].repeat_interleave(self.group_size, 0)  # [N, ...], N = B * G
         generator = torch.Generator(device=self.device).manual_seed(batch["seed"])
         chunks = self.micro_batches(len(queries))  # row slices; [slice(None)] without micro-batches
         with torch.no_grad():
-            with evaluating(self.old_policy, self.policy) as behaviour:
-                rollouts = [behaviour.sample(take(queries, rows), generator) for rows in chunks]
-            rollout = concat_rollouts(rollouts, self.policy.pad_token)  # [N, T] each, log-probs of π_old
+            rollout = self.sample_rollout(queries, chunks, generator)  # [N, T] each, log-probs of π_old
             rewards = self.task.rewards(queries, rollout.responses, rollout.mask)  # total [N], terms [N] each
             groups = group_advantages_with_stats(rewards.total, self.group_size, self.advantage_scale)
-            rollout_stats = rollout_diagnostics(rewards, groups, rollout)
-            ref_log_probs = None
-            if self.ref_policy is not None:
-                with evaluating(self.ref_policy, self.policy) as reference:
-                    ref_log_probs = torch.cat([reference.score(take(queries, rows), rollout.responses[rows]).log_probs
-                                               for rows in chunks])  # [N, T]
-
+            ref_log_probs = self.reference_log_probs(queries, rollout, chunks)  # [N, T]; None without beta
             # each chunk's weight in the batch's loss (None: one chunk, the whole batch)
             shares = [None] if len(chunks) == 1 else [
                 micro_batch_share(self.objective.aggregation, rollout.mask[rows], rollout.mask) for rows in chunks]
-
-        optimizer = self.optimizers()
+        rollout_stats = rollout_diagnostics(rewards, groups, rollout)
         for _ in range(self.updates_per_rollout):  # the first update is on-policy, the later ones stale
-            optimizer.zero_grad(set_to_none=True)
-            parts = []
-            for index, (rows, share) in enumerate(zip(chunks, shares)):
-                # under DDP the gradients are all-reduced once, at the last chunk's backward
-                with optimizer.toggle_model(sync_grad=index == len(chunks) - 1) if len(chunks) > 1 else nullcontext():
-                    parts.append(self.accumulate(take(queries, rows), take_rollout(rollout, rows),
-                                                 groups.advantages[rows], take(ref_log_probs, rows), share))
-            optimizer.step()  # runs on_before_optimizer_step: gradient norm and clipping
-            metrics = parts[0] if len(parts) == 1 else combine_micro_batches(parts, shares)
-            self.train_diagnostics.record({**rollout_stats, **metrics, "grad_norm": self.grad_norm})
+            metrics = self.update(queries, rollout, groups.advantages, ref_log_probs, chunks, shares)
+            self.train_diagnostics.record(rollout_stats | metrics)
         self.log_diagnostics()
+
+    def sample_rollout(self, queries: Any, chunks: list[slice], generator: torch.Generator) -> Rollout:
+        """Responses sampled from π_old, chunk by chunk, with the log-probs of the distribution sampled from."""
+        with evaluating(self.old_policy, self.policy) as behaviour:
+            rollouts = [behaviour.sample(take(queries, rows), generator) for rows in chunks]
+        return concat_rollouts(rollouts, self.policy.pad_token)
+
+    def reference_log_probs(self, queries: Any, rollout: Rollout, chunks: list[slice]) -> Tensor | None:
+        """π_ref's log-probs of the rollout's responses, [N, T] (None: no KL penalty)."""
+        if self.ref_policy is None:
+            return None
+        with evaluating(self.ref_policy, self.policy) as reference:
+            return torch.cat([reference.score(take(queries, rows), rollout.responses[rows]).log_probs for rows in chunks])
+
+    def update(
+        self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
+        chunks: list[slice], shares: list[Tensor | float | None],
+    ) -> dict[str, Tensor]:
+        """One optimizer step on the rollout: each chunk's gradient accumulates, then the step; the update's
+        diagnostics."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        parts = []
+        for index, (rows, share) in enumerate(zip(chunks, shares)):
+            # under DDP the gradients are all-reduced once, at the last chunk's backward
+            with optimizer.toggle_model(sync_grad=index == len(chunks) - 1) if len(chunks) > 1 else nullcontext():
+                parts.append(self.accumulate(take(queries, rows), take_rollout(rollout, rows), advantages[rows],
+                                             take(ref_log_probs, rows), share))
+        optimizer.step()  # runs on_before_optimizer_step: gradient norm and clipping
+        metrics = parts[0] if len(parts) == 1 else combine_micro_batches(parts, shares)
+        return metrics | {"grad_norm": self.grad_norm}
 
     def accumulate(
         self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
@@ -286,6 +209,61 @@ class RLModule(LightningModule):
         for logger in self.loggers:
             logger.log_metrics(metrics, step=batches - 1)
 
+    # -- the run around it: checks, π_old / π_ref, sharding, checkpoints -----------------------
+    def check_trainer(self, trainer: Trainer, datamodule: Any = None) -> None:
+        """Refuse a Trainer (and data) this loop cannot run with (called by ``setup``; the CLI calls it
+        before writing, when the data module is not yet attached to the Trainer)."""
+        batch_size = getattr(datamodule or trainer.datamodule, "batch_size", None)
+        check_schedule(trainer.max_steps, batch_size, self.updates_per_rollout, self.group_size, self.micro_batch_size)
+        require_old_policy_sync(trainer.callbacks)
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.check_trainer(self.trainer)
+
+    def keep_old_copy(self, keep: bool) -> None:
+        """Whether π_old is a frozen copy (lagged) or the live policy itself (refreshed before every
+        rollout, so equal to π_θ when it samples); called by :class:`~sapo_lightning.callbacks.OldPolicySync`."""
+        self._keep_old_copy = keep
+
+    def sync_old_policy(self) -> None:
+        """π_old ← π_θ (called by :class:`~sapo_lightning.callbacks.OldPolicySync`)."""
+        refresh(self.old_policy, self.policy)
+
+    def configure_model(self) -> None:
+        # Before any strategy wraps the policy, and before a checkpoint is restored into the copies.
+        try:
+            fitting = self.trainer.state.fn == "fit"  # evaluation samples from π_θ only
+        except RuntimeError:  # not attached to a Trainer: built from Python, for training
+            fitting = True
+        if fitting:
+            if self._keep_old_copy and self.old_policy is None:
+                self.old_policy = freeze(self.policy)
+            if self.beta > 0 and self.ref_policy is None:
+                self.ref_policy = freeze(self.policy)
+        if self.device_mesh is not None and not self._sharded:
+            self.old_policy, self.ref_policy = shard_with_copies(
+                self.policy, (self.old_policy, self.ref_policy), data_parallel_mesh(self.device_mesh))
+            self._sharded = True
+
+    def train(self, mode: bool = True) -> RLModule:
+        super().train(mode)
+        for frozen in (self.old_policy, self.ref_policy):
+            if isinstance(frozen, Policy):
+                frozen.eval()  # a frozen copy always evaluates in eval mode
+        return self
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # the trainable parameters only: with LoRA, the adapters (the frozen base gets no state)
+        return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not self._sharded:  # a sharded (FSDP) checkpoint keeps every weight: it loads strictly
+            drop_frozen_weights(checkpoint, self.policy)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        fit_to_run(checkpoint, self.state_dict(), self.policy, self.old_policy, self.ref_policy)
+
     # -- evaluation ----------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch["queries"], batch_idx, "val")
@@ -312,13 +290,6 @@ class RLModule(LightningModule):
                      metric_attribute=f"eval_metrics.{key}")
 
 
-def frozen_checksum(policy: nn.Module) -> float:
-    """Sum of the policy's frozen parameters' entries and of their squares, in float64: a fingerprint."""
-    with torch.no_grad():
-        frozen = [p.detach().double() for p in policy.parameters() if not p.requires_grad]
-        return float(sum(p.sum() + p.square().sum() for p in frozen)) if frozen else 0.0
-
-
 def take(values: Any, rows: slice) -> Any:
     """Rows of a batch (a tensor, Prompts or None); the whole batch for ``slice(None)``."""
     return values if values is None or rows == slice(None) else values[rows]
@@ -341,15 +312,3 @@ def rollout_diagnostics(rewards: Rewards, groups: GroupAdvantages, rollout: Roll
     if rollout.truncated is not None:
         stats["truncated_frac"] = rollout.truncated.float().mean()
     return stats | {f"rewards/{name}": term.nanmean() for name, term in rewards.terms.items()}
-
-
-def _check_optimizer(optimizer: OptimizerCallable) -> None:
-    """Build the optimizer once on a dummy parameter, so that a bad ``lr`` fails before any run starts."""
-    try:
-        probe = optimizer([torch.nn.Parameter(torch.zeros(1))])
-    except (TypeError, ValueError) as err:
-        hint = " (lr must be a finite number > 0)" if "learning rate" in str(err) else ""
-        raise ConfigError(f"optimizer: {err}{hint}") from None
-    for group in probe.param_groups:
-        if group.get("lr") is not None:
-            check_positive("lr", float(group["lr"]))
