@@ -2,7 +2,8 @@
 
 What the loop leans on lives beside it: π_old / π_ref copies in :mod:`~sapo_lightning.frozen`, a
 checkpoint's contents in :mod:`~sapo_lightning.checkpoint_state`, config checks in
-:mod:`~sapo_lightning.checks`, FSDP in :mod:`~sapo_lightning.sharding`.
+:mod:`~sapo_lightning.checks`, FSDP in :mod:`~sapo_lightning.sharding`, the non-finite guard in
+:mod:`~sapo_lightning.nonfinite`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sapo_lightning.checkpoint_state import drop_frozen_weights, fit_to_run
 from sapo_lightning.checks import check_int, check_number, check_optimizer, check_positive, check_schedule
 from sapo_lightning.frozen import Frozen, evaluating, freeze, refresh
 from sapo_lightning.metrics import Diagnostics, combine_micro_batches
+from sapo_lightning.nonfinite import NonFiniteGuard
 from sapo_lightning.objectives import Objective, aggregate, k3_kl, masked_mean, micro_batch_share
 from sapo_lightning.policies import Policy, Rollout, concat_rollouts
 from sapo_lightning.sharding import data_parallel_mesh, shard_with_copies
@@ -64,6 +66,10 @@ class RLModule(LightningModule):
         beta: Weight of a KL penalty to the reference policy (the initial weights; with LoRA
             the base model), k3 estimator per token, aggregated as the objective's loss;
             logged as ``train/ref_kl``. 0 (default) builds no reference.
+        max_nonfinite_steps: Optimizer steps in a row with a non-finite loss or gradient norm
+            that stop the run (exit 1; its checkpoints keep the last finite weights). Each such
+            step is skipped: weights and optimizer state stay as they were, it still counts in
+            ``global_step``, and ``train/nonfinite_steps`` counts it. Null: skip, never stop.
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class RLModule(LightningModule):
         pass_k: int | None = None,
         micro_batch_size: int | None = None,
         beta: float = 0.0,
+        max_nonfinite_steps: int | None = 3,
     ) -> None:
         super().__init__()
         check_group(group_size, advantage_scale)
@@ -94,6 +101,7 @@ class RLModule(LightningModule):
         self.optimizer_factory = optimizer
         self.micro_batch_size = check_int("micro_batch_size", micro_batch_size, 1, allow_none=True)
         self.beta = check_number("beta", beta, 0)
+        self.guard = NonFiniteGuard(max_nonfinite_steps)
         self.policy = policy(task)
         # π_old and π_ref (see sapo_lightning.frozen), built by configure_model once the run is known
         self.old_policy: Frozen = None
@@ -104,6 +112,7 @@ class RLModule(LightningModule):
         self.pass_k = check_int("pass_k", pass_k, 1, allow_none=True)
         self.eval_metrics = nn.ModuleDict()  # "val/<name>" -> MeanMetric, made at the first evaluation
         self.grad_norm = torch.tensor(math.nan)  # of the last update, set in on_before_optimizer_step
+        self.loss_finite = torch.tensor(True)  # of the update being stepped, read by on_before_optimizer_step
 
     # -- the loop ------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -141,26 +150,29 @@ class RLModule(LightningModule):
         self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
         chunks: list[slice], shares: list[Tensor | float | None],
     ) -> dict[str, Tensor]:
-        """One optimizer step on the rollout: each chunk's gradient accumulates, then the step; the update's
-        diagnostics."""
+        """One optimizer step on the rollout: each chunk's gradient accumulates, then the step (skipped
+        when the loss or the gradient norm is not finite); the update's diagnostics."""
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
-        parts = []
+        losses, parts = [], []
         for index, (rows, share) in enumerate(zip(chunks, shares)):
             # under DDP the gradients are all-reduced once, at the last chunk's backward
             with optimizer.toggle_model(sync_grad=index == len(chunks) - 1) if len(chunks) > 1 else nullcontext():
-                parts.append(self.accumulate(take(queries, rows), take_rollout(rollout, rows), advantages[rows],
-                                             take(ref_log_probs, rows), share))
-        optimizer.step()  # runs on_before_optimizer_step: gradient norm and clipping
+                loss, metrics = self.accumulate(take(queries, rows), take_rollout(rollout, rows), advantages[rows],
+                                                take(ref_log_probs, rows), share)
+            losses.append(loss)
+            parts.append(metrics)
+        self.loss_finite = torch.stack(losses).isfinite().all()
+        optimizer.step()  # runs on_before_optimizer_step: gradient norm, non-finite guard, clipping
         metrics = parts[0] if len(parts) == 1 else combine_micro_batches(parts, shares)
         return metrics | {"grad_norm": self.grad_norm}
 
     def accumulate(
         self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
         share: Tensor | float | None,
-    ) -> dict[str, Tensor]:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Backward of one micro-batch's loss, weighted by its ``share`` of the batch's (None: the whole
-        batch); its diagnostics."""
+        batch); the loss (unweighted, detached) and its diagnostics."""
         scores = self.policy.score(queries, rollout.responses)  # [n, T] each
         out = self.objective(scores.log_probs, rollout.log_probs, advantages, rollout.mask)
         loss = out.loss
@@ -170,7 +182,7 @@ class RLModule(LightningModule):
             loss = loss + self.beta * aggregate(kl, rollout.mask, self.objective.aggregation)
             metrics["ref_kl"] = masked_mean(kl.detach(), rollout.mask)
         self.manual_backward(loss if share is None else loss * share)
-        return metrics | out.metrics
+        return loss.detach(), metrics | out.metrics
 
     def micro_batches(self, n: int) -> list[slice]:
         """Consecutive row slices of at most ``micro_batch_size`` rows covering ``n`` rows."""
@@ -180,12 +192,15 @@ class RLModule(LightningModule):
         return [slice(start, start + size) for start in range(0, n, size)]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Called inside optimizer.step(), after any AMP unscale: norm and clip see the true gradients.
+        # Called inside optimizer.step(), after any AMP unscale: norm, guard and clip see the true gradients.
         params = [p for group in optimizer.param_groups for p in group["params"]]
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).detach()
         if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor over the sharded gradients
             norm = norm.full_tensor()
         self.grad_norm = norm.to(self.device)  # CPU if no gradient
+        if not self.guard.admit(self.step_is_finite(), self.global_step + 1):
+            optimizer.zero_grad(set_to_none=True)  # no gradient: the optimizer's step changes no weight, no state
+            return
         if self.max_grad_norm is None:
             return
         if type(self.trainer.precision_plugin) is Precision:
@@ -195,17 +210,30 @@ class RLModule(LightningModule):
         else:  # AMP, FSDP, DeepSpeed ...: the precision plugin's own clipping
             self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
 
+    def step_is_finite(self) -> bool:
+        """Whether the step's loss and gradient norm are finite on every rank, so that all ranks skip alike.
+        Under a gradient scaler (16-mixed) an overflowing gradient is the scaler's to skip (at a lower
+        scale, as in any AMP run): only the loss is judged."""
+        finite = self.loss_finite.to(self.device)
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            finite = finite & self.grad_norm.isfinite()
+        refusals = self.trainer.strategy.reduce((~finite).float(), reduce_op="sum")  # ranks with a non-finite value
+        return refusals.item() == 0
+
     def log_diagnostics(self) -> None:
-        """Every ``trainer.log_every_n_steps`` rollout batches: the diagnostics' mean/min/max since the last log."""
+        """Every ``trainer.log_every_n_steps`` rollout batches: the diagnostics' mean/min/max since the last
+        log, and the skipped steps of the run so far."""
         batches = self.global_step // self.updates_per_rollout  # rollout batches done, this one included
         every = self.trainer.log_every_n_steps
         if not every or batches % every:
             return
         values = self.train_diagnostics.pop()  # synchronised across ranks
-        self.log("train/reward", values["reward"], prog_bar=True, logger=False)  # bar and monitors
+        if "reward" in values:  # left out when every reward since the last log was NaN
+            self.log("train/reward", values["reward"], prog_bar=True, logger=False)  # bar and monitors
         # Straight to the loggers: self.log would keep every key in the epoch's ResultCollection,
         # walked again on every batch. The step is the batch counter, as for self.log.
-        metrics = {f"train/{name}": value.item() for name, value in values.items()} | {"epoch": self.current_epoch}
+        metrics = {f"train/{name}": value.item() for name, value in values.items()}
+        metrics |= {"train/nonfinite_steps": self.guard.skipped, "epoch": self.current_epoch}
         for logger in self.loggers:
             logger.log_metrics(metrics, step=batches - 1)
 
@@ -258,10 +286,12 @@ class RLModule(LightningModule):
         return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_steps"] = self.guard.skipped
         if not self._sharded:  # a sharded (FSDP) checkpoint keeps every weight: it loads strictly
             drop_frozen_weights(checkpoint, self.policy)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.guard.skipped = checkpoint.get("nonfinite_steps", 0)
         fit_to_run(checkpoint, self.state_dict(), self.policy, self.old_policy, self.ref_policy)
 
     # -- evaluation ----------------------------------------------------------------------
