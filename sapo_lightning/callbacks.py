@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from sapo_lightning.checks import check_int, fail
+from sapo_lightning.checks import ConfigError, check_int, fail
 from sapo_lightning.schedule import crossed_multiple
+
+
+@runtime_checkable
+class SyncsOldPolicy(Protocol):
+    """What :class:`OldPolicySync` calls on the module it serves (:class:`~sapo_lightning.RLModule` has it)."""
+
+    updates_per_rollout: int  # optimizer steps per rollout batch
+
+    def keep_old_copy(self, keep: bool) -> None:
+        """Keep π_old as a frozen copy (True), or sample from the live policy (False)."""
+
+    def sync_old_policy(self) -> None:
+        """π_old ← π_θ."""
 
 
 class OldPolicySync(Callback):
@@ -34,12 +48,22 @@ class OldPolicySync(Callback):
         self.every_n_steps = check_int("every_n_steps", every_n_steps, 1)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not isinstance(pl_module, SyncsOldPolicy):
+            raise TypeError(f"OldPolicySync needs a module with keep_old_copy, sync_old_policy and "
+                            f"updates_per_rollout (sapo_lightning.callbacks.SyncsOldPolicy); got {type(pl_module).__name__}")
         # Refreshed before every rollout, π_old equals π_θ when it samples: no copy is needed.
         pl_module.keep_old_copy(self.every_n_steps > pl_module.updates_per_rollout)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         if crossed_multiple(trainer.global_step, pl_module.updates_per_rollout, self.every_n_steps):
             pl_module.sync_old_policy()
+
+
+def require_old_policy_sync(callbacks: Iterable[Callback]) -> None:
+    """Refuse to fit without an :class:`OldPolicySync`: π_old would stay the initial policy, silently."""
+    if not any(isinstance(callback, OldPolicySync) for callback in callbacks):
+        raise ConfigError("trainer.callbacks must include sapo_lightning.callbacks.OldPolicySync, which refreshes "
+                          "π_old every N steps (sapo-lightning fit adds it as `sync`); got none")
 
 
 class ProgressBar(TQDMProgressBar):

@@ -8,8 +8,10 @@ exit status 2. ``NAME`` is the option as the user spells it (``tau_neg``, ``data
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import torch
 
 
 class ConfigError(ValueError):
@@ -76,3 +78,30 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     if value not in choices:
         fail(name, f"one of {', '.join(map(str, choices))}", value)
     return value
+
+
+def check_schedule(
+    max_steps: int, batch_size: int | None, updates_per_rollout: int, group_size: int, micro_batch_size: int | None,
+) -> None:
+    """Refuse a run length that splits a rollout batch, and micro-batches that do not tile the batch's
+    responses (``batch_size`` None: not known yet, not checked)."""
+    if max_steps > 0 and max_steps % updates_per_rollout:
+        fail("trainer.max_steps", f"a multiple of model.updates_per_rollout={updates_per_rollout} "
+             f"(a rollout batch makes {updates_per_rollout} optimizer steps)", max_steps)
+    if micro_batch_size is not None and batch_size is not None:
+        responses = batch_size * group_size
+        if responses % micro_batch_size:
+            fail("model.micro_batch_size", f"a divisor of the batch's {responses} responses "
+                 f"(data.batch_size={batch_size} x model.group_size={group_size})", micro_batch_size)
+
+
+def check_optimizer(optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]) -> None:
+    """Build the optimizer once on a dummy parameter, so that a bad ``lr`` fails before any run starts."""
+    try:
+        probe = optimizer([torch.nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError) as err:
+        hint = " (lr must be a finite number > 0)" if "learning rate" in str(err) else ""
+        raise ConfigError(f"optimizer: {err}{hint}") from None
+    for group in probe.param_groups:
+        if group.get("lr") is not None:
+            check_positive("lr", float(group["lr"]))

@@ -21,6 +21,7 @@ from sapo_lightning.checkpointing import RunCheckpoint, find_last
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.module import RLModule
+from sapo_lightning.nonfinite import NonFiniteTraining
 from sapo_lightning.text.reward_binding import RewardFunctionError
 
 #: trainer.precision's values, as the one-line error lists them (Lightning's own spellings)
@@ -155,6 +156,8 @@ def main(args: list[str] | None = None) -> None:
     except ArgumentError as err:
         _exit_with(_precision_error(err), 2)
     except RewardFunctionError as err:  # the user's code failed mid-run; the checkpoints written so far stay
+        _exit_with(err, 1)
+    except NonFiniteTraining as err:  # the run diverged; its checkpoints hold the last finite weights
         _exit_with(err, 1)
 
 

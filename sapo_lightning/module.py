@@ -1,4 +1,10 @@
-"""The LightningModule: old/new policy pair, rollouts, advantages and one injected objective."""
+"""The LightningModule: the RL loop (sample, reward, advantages, updates) around one injected objective.
+
+What the loop leans on lives beside it: π_old / π_ref copies in :mod:`~sapo_lightning.frozen`, a
+checkpoint's contents in :mod:`~sapo_lightning.checkpoint_state`, config checks in
+:mod:`~sapo_lightning.checks`, FSDP in :mod:`~sapo_lightning.sharding`, the non-finite guard in
+:mod:`~sapo_lightning.nonfinite`.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +21,15 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from sapo_lightning.advantages import GroupAdvantages, check_group, group_advantages_with_stats
-from sapo_lightning.checks import ConfigError, check_int, check_number, check_positive, fail
-from sapo_lightning.frozen import Frozen, WeightSnapshot, evaluating, freeze, refresh, state_from_policy
+from sapo_lightning.callbacks import require_old_policy_sync
+from sapo_lightning.checkpoint_state import drop_frozen_weights, fit_to_run
+from sapo_lightning.checks import check_int, check_number, check_optimizer, check_positive, check_schedule
+from sapo_lightning.frozen import Frozen, evaluating, freeze, refresh
 from sapo_lightning.metrics import Diagnostics, combine_micro_batches
+from sapo_lightning.nonfinite import NonFiniteGuard
 from sapo_lightning.objectives import Objective, aggregate, k3_kl, masked_mean, micro_batch_share
 from sapo_lightning.policies import Policy, Rollout, concat_rollouts
-from sapo_lightning.sharding import data_parallel_mesh, shard
+from sapo_lightning.sharding import data_parallel_mesh, shard_with_copies
 from sapo_lightning.tasks import Rewards, Task
 
 
@@ -33,6 +42,9 @@ class RLModule(LightningModule):
     ``updates_per_rollout`` optimizer steps on ``objective(log_probs, old_log_probs,
     advantages, mask)``. The module never looks at which objective it holds: it logs
     whatever diagnostics the objective returns under ``train/``.
+
+    A fit needs :class:`~sapo_lightning.callbacks.OldPolicySync` among the Trainer's callbacks
+    (``sapo-lightning fit`` adds it as ``sync``): it decides when π_old ← π_θ.
 
     Args:
         policy: Policy class and its own arguments; the task supplies vocabulary and lengths.
@@ -54,6 +66,10 @@ class RLModule(LightningModule):
         beta: Weight of a KL penalty to the reference policy (the initial weights; with LoRA
             the base model), k3 estimator per token, aggregated as the objective's loss;
             logged as ``train/ref_kl``. 0 (default) builds no reference.
+        max_nonfinite_steps: Optimizer steps in a row with a non-finite loss or gradient norm
+            that stop the run (exit 1; its checkpoints keep the last finite weights). Each such
+            step is skipped: weights and optimizer state stay as they were, it still counts in
+            ``global_step``, and ``train/nonfinite_steps`` counts it. Null: skip, never stop.
     """
 
     def __init__(
@@ -69,6 +85,7 @@ class RLModule(LightningModule):
         pass_k: int | None = None,
         micro_batch_size: int | None = None,
         beta: float = 0.0,
+        max_nonfinite_steps: int | None = 3,
     ) -> None:
         super().__init__()
         check_group(group_size, advantage_scale)
@@ -80,35 +97,153 @@ class RLModule(LightningModule):
         self.updates_per_rollout = check_int("updates_per_rollout", updates_per_rollout, 1)
         self.advantage_scale = advantage_scale
         self.max_grad_norm = check_positive("max_grad_norm", max_grad_norm, allow_none=True)
+        check_optimizer(optimizer)
         self.optimizer_factory = optimizer
-        _check_optimizer(optimizer)
         self.micro_batch_size = check_int("micro_batch_size", micro_batch_size, 1, allow_none=True)
         self.beta = check_number("beta", beta, 0)
+        self.guard = NonFiniteGuard(max_nonfinite_steps)
         self.policy = policy(task)
         # π_old and π_ref (see sapo_lightning.frozen), built by configure_model once the run is known
         self.old_policy: Frozen = None
         self.ref_policy: Frozen = None
-        self.keep_old_copy(True)  # OldPolicySync decides; without it π_old stays the initial policy
+        self.keep_old_copy(True)  # until OldPolicySync, which a fit requires, decides
         self._sharded = False  # by configure_model, under ModelParallelStrategy (FSDP2)
         self.train_diagnostics = Diagnostics()
         self.pass_k = check_int("pass_k", pass_k, 1, allow_none=True)
         self.eval_metrics = nn.ModuleDict()  # "val/<name>" -> MeanMetric, made at the first evaluation
         self.grad_norm = torch.tensor(math.nan)  # of the last update, set in on_before_optimizer_step
+        self.loss_finite = torch.tensor(True)  # of the update being stepped, read by on_before_optimizer_step
 
-    # -- the loop's invariants and state ---------------------------------------------------
+    # -- the loop ------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        queries = batch["queries"].repeat_interleave(self.group_size, 0)  # [N, ...], N = B * G
+        generator = torch.Generator(device=self.device).manual_seed(batch["seed"])
+        chunks = self.micro_batches(len(queries))  # row slices; [slice(None)] without micro-batches
+        with torch.no_grad():
+            rollout = self.sample_rollout(queries, chunks, generator)  # [N, T] each, log-probs of π_old
+            rewards = self.task.rewards(queries, rollout.responses, rollout.mask)  # total [N], terms [N] each
+            groups = group_advantages_with_stats(rewards.total, self.group_size, self.advantage_scale)
+            ref_log_probs = self.reference_log_probs(queries, rollout, chunks)  # [N, T]; None without beta
+            # each chunk's weight in the batch's loss (None: one chunk, the whole batch)
+            shares = [None] if len(chunks) == 1 else [
+                micro_batch_share(self.objective.aggregation, rollout.mask[rows], rollout.mask) for rows in chunks]
+        rollout_stats = rollout_diagnostics(rewards, groups, rollout)
+        for _ in range(self.updates_per_rollout):  # the first update is on-policy, the later ones stale
+            metrics = self.update(queries, rollout, groups.advantages, ref_log_probs, chunks, shares)
+            self.train_diagnostics.record(rollout_stats | metrics)
+        self.log_diagnostics()
+
+    def sample_rollout(self, queries: Any, chunks: list[slice], generator: torch.Generator) -> Rollout:
+        """Responses sampled from π_old, chunk by chunk, with the log-probs of the distribution sampled from."""
+        with evaluating(self.old_policy, self.policy) as behaviour:
+            rollouts = [behaviour.sample(take(queries, rows), generator) for rows in chunks]
+        return concat_rollouts(rollouts, self.policy.pad_token)
+
+    def reference_log_probs(self, queries: Any, rollout: Rollout, chunks: list[slice]) -> Tensor | None:
+        """π_ref's log-probs of the rollout's responses, [N, T] (None: no KL penalty)."""
+        if self.ref_policy is None:
+            return None
+        with evaluating(self.ref_policy, self.policy) as reference:
+            return torch.cat([reference.score(take(queries, rows), rollout.responses[rows]).log_probs for rows in chunks])
+
+    def update(
+        self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
+        chunks: list[slice], shares: list[Tensor | float | None],
+    ) -> dict[str, Tensor]:
+        """One optimizer step on the rollout: each chunk's gradient accumulates, then the step (skipped
+        when the loss or the gradient norm is not finite); the update's diagnostics."""
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        losses, parts = [], []
+        for index, (rows, share) in enumerate(zip(chunks, shares)):
+            # under DDP the gradients are all-reduced once, at the last chunk's backward
+            with optimizer.toggle_model(sync_grad=index == len(chunks) - 1) if len(chunks) > 1 else nullcontext():
+                loss, metrics = self.accumulate(take(queries, rows), take_rollout(rollout, rows), advantages[rows],
+                                                take(ref_log_probs, rows), share)
+            losses.append(loss)
+            parts.append(metrics)
+        self.loss_finite = torch.stack(losses).isfinite().all()
+        optimizer.step()  # runs on_before_optimizer_step: gradient norm, non-finite guard, clipping
+        metrics = parts[0] if len(parts) == 1 else combine_micro_batches(parts, shares)
+        return metrics | {"grad_norm": self.grad_norm}
+
+    def accumulate(
+        self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
+        share: Tensor | float | None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Backward of one micro-batch's loss, weighted by its ``share`` of the batch's (None: the whole
+        batch); the loss (unweighted, detached) and its diagnostics."""
+        scores = self.policy.score(queries, rollout.responses)  # [n, T] each
+        out = self.objective(scores.log_probs, rollout.log_probs, advantages, rollout.mask)
+        loss = out.loss
+        metrics = {"loss": out.loss.detach(), "entropy": masked_mean(scores.entropy.detach(), rollout.mask)}
+        if ref_log_probs is not None:
+            kl = k3_kl(scores.log_probs, ref_log_probs)  # [n, T]
+            loss = loss + self.beta * aggregate(kl, rollout.mask, self.objective.aggregation)
+            metrics["ref_kl"] = masked_mean(kl.detach(), rollout.mask)
+        self.manual_backward(loss if share is None else loss * share)
+        return loss.detach(), metrics | out.metrics
+
+    def micro_batches(self, n: int) -> list[slice]:
+        """Consecutive row slices of at most ``micro_batch_size`` rows covering ``n`` rows."""
+        size = self.micro_batch_size
+        if size is None or size >= n:
+            return [slice(None)]
+        return [slice(start, start + size) for start in range(0, n, size)]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # Called inside optimizer.step(), after any AMP unscale: norm, guard and clip see the true gradients.
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).detach()
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor over the sharded gradients
+            norm = norm.full_tensor()
+        self.grad_norm = norm.to(self.device)  # CPU if no gradient
+        if not self.guard.admit(self.step_is_finite(), self.global_step + 1):
+            optimizer.zero_grad(set_to_none=True)  # no gradient: the optimizer's step changes no weight, no state
+            return
+        if self.max_grad_norm is None:
+            return
+        if type(self.trainer.precision_plugin) is Precision:
+            # What Lightning's clip_gradients does here (clip_grad_norm_ over the optimizer's parameters),
+            # bit for bit, with the norm just taken instead of a second one (~1% of a transformer step).
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
+        else:  # AMP, FSDP, DeepSpeed ...: the precision plugin's own clipping
+            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+
+    def step_is_finite(self) -> bool:
+        """Whether the step's loss and gradient norm are finite on every rank, so that all ranks skip alike.
+        Under a gradient scaler (16-mixed) an overflowing gradient is the scaler's to skip (at a lower
+        scale, as in any AMP run): only the loss is judged."""
+        finite = self.loss_finite.to(self.device)
+        if getattr(self.trainer.precision_plugin, "scaler", None) is None:
+            finite = finite & self.grad_norm.isfinite()
+        refusals = self.trainer.strategy.reduce((~finite).float(), reduce_op="sum")  # ranks with a non-finite value
+        return refusals.item() == 0
+
+    def log_diagnostics(self) -> None:
+        """Every ``trainer.log_every_n_steps`` rollout batches: the diagnostics' mean/min/max since the last
+        log, and the skipped steps of the run so far."""
+        batches = self.global_step // self.updates_per_rollout  # rollout batches done, this one included
+        every = self.trainer.log_every_n_steps
+        if not every or batches % every:
+            return
+        values = self.train_diagnostics.pop()  # synchronised across ranks
+        if "reward" in values:  # left out when every reward since the last log was NaN
+            self.log("train/reward", values["reward"], prog_bar=True, logger=False)  # bar and monitors
+        # Straight to the loggers: self.log would keep every key in the epoch's ResultCollection,
+        # walked again on every batch. The step is the batch counter, as for self.log.
+        metrics = {f"train/{name}": value.item() for name, value in values.items()}
+        metrics |= {"train/nonfinite_steps": self.guard.skipped, "epoch": self.current_epoch}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=batches - 1)
+
+    # -- the run around it: checks, π_old / π_ref, sharding, checkpoints -----------------------
     def check_trainer(self, trainer: Trainer, datamodule: Any = None) -> None:
         """Refuse a Trainer (and data) this loop cannot run with (called by ``setup``; the CLI calls it
         before writing, when the data module is not yet attached to the Trainer)."""
-        max_steps, updates = trainer.max_steps, self.updates_per_rollout
-        if max_steps > 0 and max_steps % updates:
-            fail("trainer.max_steps", f"a multiple of model.updates_per_rollout={updates} "
-                 f"(a rollout batch makes {updates} optimizer steps)", max_steps)
         batch_size = getattr(datamodule or trainer.datamodule, "batch_size", None)
-        if self.micro_batch_size is not None and batch_size is not None:
-            responses = batch_size * self.group_size
-            if responses % self.micro_batch_size:
-                fail("model.micro_batch_size", f"a divisor of the batch's {responses} responses "
-                     f"(data.batch_size={batch_size} x model.group_size={self.group_size})", self.micro_batch_size)
+        check_schedule(trainer.max_steps, batch_size, self.updates_per_rollout, self.group_size, self.micro_batch_size)
+        require_old_policy_sync(trainer.callbacks)
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -118,6 +253,10 @@ class RLModule(LightningModule):
         """Whether π_old is a frozen copy (lagged) or the live policy itself (refreshed before every
         rollout, so equal to π_θ when it samples); called by :class:`~sapo_lightning.callbacks.OldPolicySync`."""
         self._keep_old_copy = keep
+
+    def sync_old_policy(self) -> None:
+        """π_old ← π_θ (called by :class:`~sapo_lightning.callbacks.OldPolicySync`)."""
+        refresh(self.old_policy, self.policy)
 
     def configure_model(self) -> None:
         # Before any strategy wraps the policy, and before a checkpoint is restored into the copies.
@@ -131,59 +270,9 @@ class RLModule(LightningModule):
             if self.beta > 0 and self.ref_policy is None:
                 self.ref_policy = freeze(self.policy)
         if self.device_mesh is not None and not self._sharded:
-            self._shard(data_parallel_mesh(self.device_mesh))
-
-    def _shard(self, mesh: Any) -> None:
-        """ModelParallelStrategy (FSDP2): the policy and its full copies, sharded alike (see
-        :mod:`sapo_lightning.sharding`); a weight snapshot is retaken from the sharded parameters."""
-        shard(self.policy, mesh)
-        for frozen in (self.old_policy, self.ref_policy):
-            if isinstance(frozen, Policy):
-                shard(frozen, mesh, frozen=True)
-        for name in ("old_policy", "ref_policy"):
-            if isinstance(getattr(self, name), WeightSnapshot):
-                setattr(self, name, WeightSnapshot(self.policy))
-        self._sharded = True
-
-    def frozen_names(self) -> list[str]:
-        """State-dict keys of the policy's frozen parameters (a LoRA base model), every name of a shared one."""
-        return [f"policy.{name}" for name, p in self.policy.named_parameters(remove_duplicate=False)
-                if not p.requires_grad]
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Frozen policy weights (a LoRA base model) are rebuilt from the config; only what trains is saved,
-        # with a checksum of the frozen ones. A sharded (FSDP) checkpoint keeps them: it loads strictly.
-        names = self.frozen_names()
-        if not names or self._sharded:
-            return
-        for name in names:
-            checkpoint["state_dict"].pop(name, None)
-        checkpoint["frozen_weights_checksum"] = frozen_checksum(self.policy)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Fit a checkpoint's state to this run's copies: frozen weights from the config (refused if they
-        are not those it was trained on), π_old / π_ref dropped if this run keeps none, or taken from
-        the checkpoint's policy if it kept none."""
-        if "state_dict" not in checkpoint:
-            return  # a sharded (FSDP) checkpoint: the strategy loads the weights itself
-        expected = checkpoint.get("frozen_weights_checksum")
-        if expected is not None and not math.isclose(frozen_checksum(self.policy), expected, rel_tol=1e-9):
-            fail("the frozen base weights", "those the checkpoint's adapters were trained on (the same "
-                 "model path, or the same model_config and seed_everything)",
-                 f"checksum {frozen_checksum(self.policy)!r} against the checkpoint's {expected!r}")
-        state, own = checkpoint["state_dict"], self.state_dict()
-        for key in [k for k in state if k not in own and k.startswith(("old_policy.", "ref_policy."))]:
-            del state[key]
-        for key in self.frozen_names():
-            state.setdefault(key, own[key])
-        policy_state = {key[len("policy."):]: value for key, value in state.items() if key.startswith("policy.")}
-        for prefix, frozen in (("old_policy.", self.old_policy), ("ref_policy.", self.ref_policy)):
-            if not any(key.startswith(prefix) for key in state):
-                state.update({prefix + key: value for key, value in state_from_policy(frozen, policy_state).items()})
-
-    def sync_old_policy(self) -> None:
-        """π_old ← π_θ (called by :class:`~sapo_lightning.callbacks.OldPolicySync`)."""
-        refresh(self.old_policy, self.policy)
+            self.old_policy, self.ref_policy = shard_with_copies(
+                self.policy, (self.old_policy, self.ref_policy), data_parallel_mesh(self.device_mesh))
+            self._sharded = True
 
     def train(self, mode: bool = True) -> RLModule:
         super().train(mode)
@@ -196,95 +285,14 @@ class RLModule(LightningModule):
         # the trainable parameters only: with LoRA, the adapters (the frozen base gets no state)
         return self.optimizer_factory([p for p in self.policy.parameters() if p.requires_grad])
 
-    # -- training ------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        queries = batch["queries"].repeat_interleave(self.group_size, 0)  # [N, ...], N = B * G
-        generator = torch.Generator(device=self.device).manual_seed(batch["seed"])
-        chunks = self.micro_batches(len(queries))  # row slices; [slice(None)] without micro-batches
-        with torch.no_grad():
-            with evaluating(self.old_policy, self.policy) as behaviour:
-                rollouts = [behaviour.sample(take(queries, rows), generator) for rows in chunks]
-            rollout = concat_rollouts(rollouts, self.policy.pad_token)  # [N, T] each, log-probs of π_old
-            rewards = self.task.rewards(queries, rollout.responses, rollout.mask)  # total [N], terms [N] each
-            groups = group_advantages_with_stats(rewards.total, self.group_size, self.advantage_scale)
-            rollout_stats = rollout_diagnostics(rewards, groups, rollout)
-            ref_log_probs = None
-            if self.ref_policy is not None:
-                with evaluating(self.ref_policy, self.policy) as reference:
-                    ref_log_probs = torch.cat([reference.score(take(queries, rows), rollout.responses[rows]).log_probs
-                                               for rows in chunks])  # [N, T]
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["nonfinite_steps"] = self.guard.skipped
+        if not self._sharded:  # a sharded (FSDP) checkpoint keeps every weight: it loads strictly
+            drop_frozen_weights(checkpoint, self.policy)
 
-            # each chunk's weight in the batch's loss (None: one chunk, the whole batch)
-            shares = [None] if len(chunks) == 1 else [
-                micro_batch_share(self.objective.aggregation, rollout.mask[rows], rollout.mask) for rows in chunks]
-
-        optimizer = self.optimizers()
-        for _ in range(self.updates_per_rollout):  # the first update is on-policy, the later ones stale
-            optimizer.zero_grad(set_to_none=True)
-            parts = []
-            for index, (rows, share) in enumerate(zip(chunks, shares)):
-                # under DDP the gradients are all-reduced once, at the last chunk's backward
-                with optimizer.toggle_model(sync_grad=index == len(chunks) - 1) if len(chunks) > 1 else nullcontext():
-                    parts.append(self.accumulate(take(queries, rows), take_rollout(rollout, rows),
-                                                 groups.advantages[rows], take(ref_log_probs, rows), share))
-            optimizer.step()  # runs on_before_optimizer_step: gradient norm and clipping
-            metrics = parts[0] if len(parts) == 1 else combine_micro_batches(parts, shares)
-            self.train_diagnostics.record({**rollout_stats, **metrics, "grad_norm": self.grad_norm})
-        self.log_diagnostics()
-
-    def accumulate(
-        self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
-        share: Tensor | float | None,
-    ) -> dict[str, Tensor]:
-        """Backward of one micro-batch's loss, weighted by its ``share`` of the batch's (None: the whole
-        batch); its diagnostics."""
-        scores = self.policy.score(queries, rollout.responses)  # [n, T] each
-        out = self.objective(scores.log_probs, rollout.log_probs, advantages, rollout.mask)
-        loss = out.loss
-        metrics = {"loss": out.loss.detach(), "entropy": masked_mean(scores.entropy.detach(), rollout.mask)}
-        if ref_log_probs is not None:
-            kl = k3_kl(scores.log_probs, ref_log_probs)  # [n, T]
-            loss = loss + self.beta * aggregate(kl, rollout.mask, self.objective.aggregation)
-            metrics["ref_kl"] = masked_mean(kl.detach(), rollout.mask)
-        self.manual_backward(loss if share is None else loss * share)
-        return metrics | out.metrics
-
-    def micro_batches(self, n: int) -> list[slice]:
-        """Consecutive row slices of at most ``micro_batch_size`` rows covering ``n`` rows."""
-        size = self.micro_batch_size
-        if size is None or size >= n:
-            return [slice(None)]
-        return [slice(start, start + size) for start in range(0, n, size)]
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # Called inside optimizer.step(), after any AMP unscale: norm and clip see the true gradients.
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]).detach()
-        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor over the sharded gradients
-            norm = norm.full_tensor()
-        self.grad_norm = norm.to(self.device)  # CPU if no gradient
-        if self.max_grad_norm is None:
-            return
-        if type(self.trainer.precision_plugin) is Precision:
-            # What Lightning's clip_gradients does here (clip_grad_norm_ over the optimizer's parameters),
-            # bit for bit, with the norm just taken instead of a second one (~1% of a transformer step).
-            torch.nn.utils.clip_grads_with_norm_(params, self.max_grad_norm, norm)
-        else:  # AMP, FSDP, DeepSpeed ...: the precision plugin's own clipping
-            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
-
-    def log_diagnostics(self) -> None:
-        """Every ``trainer.log_every_n_steps`` rollout batches: the diagnostics' mean/min/max since the last log."""
-        batches = self.global_step // self.updates_per_rollout  # rollout batches done, this one included
-        every = self.trainer.log_every_n_steps
-        if not every or batches % every:
-            return
-        values = self.train_diagnostics.pop()  # synchronised across ranks
-        self.log("train/reward", values["reward"], prog_bar=True, logger=False)  # bar and monitors
-        # Straight to the loggers: self.log would keep every key in the epoch's ResultCollection,
-        # walked again on every batch. The step is the batch counter, as for self.log.
-        metrics = {f"train/{name}": value.item() for name, value in values.items()} | {"epoch": self.current_epoch}
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=batches - 1)
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.guard.skipped = checkpoint.get("nonfinite_steps", 0)
+        fit_to_run(checkpoint, self.state_dict(), self.policy, self.old_policy, self.ref_policy)
 
     # -- evaluation ----------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -312,13 +320,6 @@ class RLModule(LightningModule):
                      metric_attribute=f"eval_metrics.{key}")
 
 
-def frozen_checksum(policy: nn.Module) -> float:
-    """Sum of the policy's frozen parameters' entries and of their squares, in float64: a fingerprint."""
-    with torch.no_grad():
-        frozen = [p.detach().double() for p in policy.parameters() if not p.requires_grad]
-        return float(sum(p.sum() + p.square().sum() for p in frozen)) if frozen else 0.0
-
-
 def take(values: Any, rows: slice) -> Any:
     """Rows of a batch (a tensor, Prompts or None); the whole batch for ``slice(None)``."""
     return values if values is None or rows == slice(None) else values[rows]
@@ -341,15 +342,3 @@ def rollout_diagnostics(rewards: Rewards, groups: GroupAdvantages, rollout: Roll
     if rollout.truncated is not None:
         stats["truncated_frac"] = rollout.truncated.float().mean()
     return stats | {f"rewards/{name}": term.nanmean() for name, term in rewards.terms.items()}
-
-
-def _check_optimizer(optimizer: OptimizerCallable) -> None:
-    """Build the optimizer once on a dummy parameter, so that a bad ``lr`` fails before any run starts."""
-    try:
-        probe = optimizer([torch.nn.Parameter(torch.zeros(1))])
-    except (TypeError, ValueError) as err:
-        hint = " (lr must be a finite number > 0)" if "learning rate" in str(err) else ""
-        raise ConfigError(f"optimizer: {err}{hint}") from None
-    for group in probe.param_groups:
-        if group.get("lr") is not None:
-            check_positive("lr", float(group["lr"]))

@@ -1,10 +1,10 @@
 """FSDP2 sharding of a policy (``fully_shard`` per decoder layer), for Lightning's ModelParallelStrategy.
 
 Lightning's ``ModelParallelStrategy`` leaves the parallelisation to the module's ``configure_model``:
-:meth:`RLModule.configure_model <sapo_lightning.module.RLModule.configure_model>` calls :func:`shard`
-on the policy and on each frozen full copy (π_old, π_ref), all built from the same weights
-before any of them is sharded, so the three hold the same local shard of every parameter and
-the refresh π_old ← π_θ is a local copy on each rank (no communication).
+:meth:`RLModule.configure_model <sapo_lightning.module.RLModule.configure_model>` calls
+:func:`shard_with_copies`, which shards the policy and each frozen full copy (π_old, π_ref), all
+built from the same weights before any of them is sharded, so the three hold the same local shard
+of every parameter and the refresh π_old ← π_θ is a local copy on each rank (no communication).
 
 Only Hugging Face causal LMs are sharded (:class:`~sapo_lightning.lm.policy.CausalLMPolicy`): every
 submodule whose class the model names in ``_no_split_modules`` (its decoder layers) becomes a
@@ -18,6 +18,8 @@ from __future__ import annotations
 from torch import nn
 
 from sapo_lightning.checks import ConfigError
+from sapo_lightning.frozen import Frozen, WeightSnapshot
+from sapo_lightning.policies import Policy
 
 
 def causal_lms(policy: nn.Module) -> list[nn.Module]:
@@ -46,6 +48,16 @@ def shard(policy: nn.Module, mesh, frozen: bool = False) -> None:
             if module is not model and type(module).__name__ in layer_classes:
                 fully_shard(module, mesh=mesh)
         fully_shard(model, mesh=mesh, reshard_after_forward=True if frozen else None)
+
+
+def shard_with_copies(policy: nn.Module, copies: tuple[Frozen, ...], mesh) -> tuple[Frozen, ...]:
+    """Shard ``policy`` and its frozen full copies alike over ``mesh``; the copies to keep in their place
+    (a :class:`~sapo_lightning.frozen.WeightSnapshot` is retaken from the sharded parameters)."""
+    shard(policy, mesh)
+    for frozen in copies:
+        if isinstance(frozen, Policy):
+            shard(frozen, mesh, frozen=True)
+    return tuple(WeightSnapshot(policy) if isinstance(frozen, WeightSnapshot) else frozen for frozen in copies)
 
 
 def data_parallel_mesh(mesh):

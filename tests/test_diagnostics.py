@@ -8,6 +8,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.metrics import Diagnostics
 from sapo_lightning.module import RLModule
@@ -89,7 +90,7 @@ def test_logged_values_are_the_mean_min_max_of_the_updates_since_the_last_log_po
                   optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
     trainer = Trainer(max_steps=12, log_every_n_steps=3, val_check_interval=3, check_val_every_n_epoch=None,
                       logger=TensorBoardLogger(tmp_path, name="", version=""), enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False)
+                      enable_model_summary=False, enable_checkpointing=False, callbacks=[OldPolicySync()])
     trainer.fit(rl, QueryDataModule(task, batch_size=2, val_size=4, seed=0))
     assert len(objective.calls) == 12  # 6 rollout batches x 2 updates
 

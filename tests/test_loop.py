@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins import MixedPrecision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sapo_lightning import SAPO, ConfigError, FixedTarget, MLPPolicy, QueryDataModule, RLModule
+from sapo_lightning.callbacks import OldPolicySync, SyncsOldPolicy
 from sapo_lightning.cli import main
 from sapo_lightning.schedule import crossed_multiple
 
@@ -43,13 +44,42 @@ def module(**kwargs) -> RLModule:
 
 def trainer(**kwargs) -> Trainer:
     options = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                   limit_val_batches=0)
+                   limit_val_batches=0, callbacks=[OldPolicySync()])
     return Trainer(**(options | kwargs))
 
 
 def test_trainer_fit_refuses_max_steps_that_split_a_rollout_batch():
     with pytest.raises(ConfigError, match=r"trainer.max_steps must be a multiple of model.updates_per_rollout=2.*got 5"):
         trainer(max_steps=5).fit(module(updates_per_rollout=2), QueryDataModule(TASK, batch_size=2, seed=0))
+
+
+def test_a_fit_without_old_policy_sync_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as error:
+        trainer(max_steps=2, callbacks=[]).fit(module(), QueryDataModule(TASK, batch_size=2, seed=0))
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("trainer.callbacks must include sapo_lightning.callbacks.OldPolicySync")
+    assert "(sapo-lightning fit adds it as `sync`)" in message
+
+
+def test_old_policy_sync_refreshes_old_policy_on_its_schedule():
+    seen = []
+
+    class OldEqualsPolicy(Callback):  # after OldPolicySync: what the next batch samples from
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            old, new = (torch.cat([p.flatten() for p in m.parameters()]) for m in (pl_module.old_policy, pl_module.policy))
+            seen.append(torch.equal(old, new))
+
+    rl = module(optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    trainer(max_steps=6, callbacks=[OldPolicySync(2), OldEqualsPolicy()]).fit(rl, QueryDataModule(TASK, batch_size=2, seed=0))
+    assert seen == [False, True, False, True, False, True]  # synced at steps 2, 4, 6; stale in between
+
+
+def test_old_policy_sync_names_the_contract_it_needs():
+    assert isinstance(module(), SyncsOldPolicy)
+    with pytest.raises(TypeError, match=r"OldPolicySync needs a module with keep_old_copy, sync_old_policy and "
+                                        r"updates_per_rollout .*; got LightningModule"):
+        OldPolicySync().setup(None, LightningModule(), "fit")
 
 
 def grad_norms(plugins: list) -> list[float]:

@@ -30,12 +30,11 @@ class EOSPolicy(MLPPolicy):
         return Rollout(responses, rollout.log_probs.masked_fill(~mask, 0.0), mask, ~(responses == EOS).any(-1))
 
 
-def fit(objective, *, policy=MLPPolicy, steps=6, sync=None, callbacks=(), **kwargs) -> RLModule:
+def fit(objective, *, policy=MLPPolicy, steps=6, sync=10, callbacks=(), **kwargs) -> RLModule:
     torch.manual_seed(0)
     module = RLModule(lambda t: policy(t, 16), objective, TASK, group_size=4, **kwargs)
-    syncs = [OldPolicySync(sync)] if sync else []
     Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, limit_val_batches=0, callbacks=[*syncs, *callbacks]).fit(
+            enable_model_summary=False, limit_val_batches=0, callbacks=[OldPolicySync(sync), *callbacks]).fit(
         module, QueryDataModule(TASK, batch_size=8, seed=0))
     return module
 
@@ -121,7 +120,7 @@ def test_ref_kl_is_logged_and_grows_from_zero(tmp_path):
     module = RLModule(lambda t: MLPPolicy(t, 16), SAPO(), TASK, group_size=4, beta=0.05,
                       optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     Trainer(max_steps=20, logger=CSVLogger(tmp_path), log_every_n_steps=1, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0).fit(
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[OldPolicySync()]).fit(
         module, QueryDataModule(TASK, batch_size=8, seed=0))
     (metrics,) = tmp_path.rglob("metrics.csv")
     values = [float(row["train/ref_kl"]) for row in csv.DictReader(metrics.open()) if row.get("train/ref_kl")]

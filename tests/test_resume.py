@@ -20,7 +20,8 @@ CONFIG = Path(__file__).parents[1] / "configs" / "sapo.yaml"
 QUICK = ["--trainer.enable_progress_bar=false", "--trainer.val_check_interval=10", "--data.val_size=16",
          "--trainer.log_every_n_steps=5", "--sync.every_n_steps=10"]
 CHECKPOINT_KEYS = {"epoch", "global_step", "pytorch-lightning_version", "state_dict", "loops", "callbacks",
-                   "optimizer_states", "lr_schedulers", "hparams_name", "hyper_parameters", "QueryDataModule"}
+                   "optimizer_states", "lr_schedulers", "hparams_name", "hyper_parameters", "QueryDataModule",
+                   "nonfinite_steps"}  # the non-finite guard's count of skipped steps, carried through a resume
 
 
 def fit(root: Path, max_steps: int, *extra: str, ckpt_path: str | None = None) -> None:
