@@ -8,6 +8,7 @@ exit status 2. ``NAME`` is the option as the user spells it (``tau_neg``, ``data
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -105,3 +106,10 @@ def check_optimizer(optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.
     for group in probe.param_groups:
         if group.get("lr") is not None:
             check_positive("lr", float(group["lr"]))
+
+
+def missing_path(option: str, path: str | os.PathLike, what: str = "file") -> None:
+    """Raise the one-line error for a path that does not exist; a relative one names the working
+    directory it was resolved from (the usual cause: the command was run from another directory)."""
+    where = "" if os.path.isabs(path) else f" (relative to the working directory {os.getcwd()})"
+    raise ConfigError(f"{option}: no such {what} {os.fspath(path)}{where}")

@@ -11,6 +11,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import torch
 import yaml
 from jsonargparse import ArgumentError
+from jsonargparse.typing import PositiveInt
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar as AnyProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -18,11 +19,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from sapo_lightning.callbacks import OldPolicySync, ProgressBar
 from sapo_lightning.checkpointing import RunCheckpoint, find_last
-from sapo_lightning.checks import ConfigError
+from sapo_lightning.checks import ConfigError, missing_path
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.module import RLModule
 from sapo_lightning.nonfinite import NonFiniteTraining
 from sapo_lightning.text.reward_binding import RewardFunctionError
+from sapo_lightning.threads import SMALL_MODEL, set_threads
 
 #: trainer.precision's values, as the one-line error lists them (Lightning's own spellings)
 def _literals(annotation: Any) -> list:
@@ -35,6 +37,8 @@ def _literals(annotation: Any) -> list:
 PRECISIONS = ", ".join(dict.fromkeys(str(v) for v in _literals(get_type_hints(Trainer.__init__)["precision"])))
 #: float16 autocast with a gradient scaler: CUDA only here (Lightning would run it on a CPU, unchecked)
 GPU_ONLY_PRECISIONS = {"16-mixed", "16", 16}
+#: options typed as a union, and what their one-line error says is allowed
+UNION_OPTIONS = {"trainer.precision": f"one of {PRECISIONS}", "threads": "a positive integer or auto"}
 
 #: What every run gets unless the config says otherwise: see :class:`RunCheckpoint`. Every 500 steps
 #: (as Hugging Face's Trainer): each save is two fsync'ed files, ~10 ms each on a VM disk, which every
@@ -67,10 +71,21 @@ class SAPOCLI(LightningCLI):
         # a class group, not a callback key: the Trainer gets it unless checkpointing is switched off
         parser.add_class_arguments(RunCheckpoint, "checkpoint", fail_untyped=False, sub_configs=True)
         parser.set_defaults(CHECKPOINT_DEFAULTS)
+        parser.add_argument(
+            "--threads", type=PositiveInt | Literal["auto"], default="auto",
+            help=f"torch's intra-op threads: a positive integer, or auto: one for a model under {SMALL_MODEL:,} "
+            "parameters (the demos), torch's default otherwise or when OMP_NUM_THREADS is set "
+            "(docs/benchmarks.md#threads)",
+        )
 
     def before_instantiate_classes(self) -> None:
         trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
         check_precision(trainer.precision, trainer.accelerator)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        set_threads(config.threads, self.model)  # before any step; the count depends on the model built
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
@@ -104,23 +119,33 @@ def check_precision(precision: Any, accelerator: Any) -> None:
                           f"--trainer.accelerator=gpu); got {precision} with trainer.accelerator={accelerator}")
 
 
-def _precision_error(err: ArgumentError) -> ConfigError | ArgumentError:
-    """jsonargparse's page of union subtypes for a bad trainer.precision, as one short line."""
+def _union_error(err: ArgumentError) -> ConfigError | ArgumentError:
+    """jsonargparse's page of union subtypes for a bad trainer.precision or threads, as one short line."""
     message = str(err)
-    if 'key "trainer.precision"' not in message:
-        return err
-    given = message.rsplit("Given value:", 1)[-1].strip() if "Given value:" in message else "?"
-    return ConfigError(f"trainer.precision must be one of {PRECISIONS}; got {given}")
+    for key, requirement in UNION_OPTIONS.items():
+        if f'key "{key}"' in message:
+            given = message.rsplit("Given value:", 1)[-1].strip() if "Given value:" in message else "?"
+            return ConfigError(f"{key} must be {requirement}; got {given}")
+    return err
+
+
+def _yaml_or_none(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
 
 
 def check_yaml_files(args: list[str]) -> None:
-    """Refuse a ``--config`` file that is not valid YAML, naming the file, line and column."""
+    """Refuse a ``--config`` file that does not exist or is not valid YAML, naming the file, line and column."""
     paths = [b for a, b in zip(args, args[1:]) if a == "--config"] + [a[9:] for a in args if a.startswith("--config=")]
     for path in paths:
         try:
             text = Path(path).read_text()
         except (OSError, ValueError):
-            continue  # not a file: jsonargparse reads the value as YAML text, or reports it missing
+            if not Path(path).exists() and not isinstance(_yaml_or_none(path), dict):
+                missing_path("--config", path)
+            continue  # YAML text given in place of a file: jsonargparse reads it
         try:
             yaml.safe_load(text)
         except yaml.YAMLError as err:
@@ -142,6 +167,11 @@ def main(args: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     # RunCheckpoint saves the state after the batch's updates on purpose: the state global_step names.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+    # Lightning's advert for its cloud logger, at every start, has no switch (Lightning-AI/pytorch-lightning#21294).
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)
+    # Lightning's CombinedLoader builds torch's deprecated LeafSpec (torch >= 2.10): its code, not ours, to change.
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning,
+                            "lightning.pytorch.utilities._pytree")
     try:
         check_yaml_files(sys.argv[1:] if args is None else list(args))
         SAPOCLI(
@@ -154,11 +184,15 @@ def main(args: list[str] | None = None) -> None:
     except ConfigError as err:
         _exit_with(err, 2)
     except ArgumentError as err:
-        _exit_with(_precision_error(err), 2)
+        _exit_with(_union_error(err), 2)
     except RewardFunctionError as err:  # the user's code failed mid-run; the checkpoints written so far stay
         _exit_with(err, 1)
     except NonFiniteTraining as err:  # the run diverged; its checkpoints hold the last finite weights
         _exit_with(err, 1)
+
+
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip:")
 
 
 def _exit_with(err: Exception, status: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib.metadata import version
 
 #: subcommand -> what it does, as ``sapo-lightning --help`` lists it
 SUBCOMMANDS = {
@@ -15,15 +16,27 @@ SUBCOMMANDS = {
 USAGE = "usage: sapo-lightning {" + ",".join(SUBCOMMANDS) + "} ..."
 
 
+def overview() -> str:
+    """The usage line and the subcommands, each with what it does."""
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
+    return "\n".join([USAGE, "", "subcommands:", *lines, "",
+                      "sapo-lightning SUBCOMMAND --help shows its options; sapo-lightning --version its version."])
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``sapo-lightning`` and ``python -m sapo_lightning``."""
     argv = sys.argv[1:] if args is None else list(args)
     command = argv[0] if argv else None
     if command in ("-h", "--help"):
-        width = max(map(len, SUBCOMMANDS))
-        lines = [f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()]
-        print("\n".join([USAGE, "", "subcommands:", *lines, "", "sapo-lightning SUBCOMMAND --help shows its options."]))
+        print(overview())
         return
+    if command == "--version":
+        print(f"sapo-lightning {version('sapo-lightning')}")
+        return
+    if command is None:  # the overview, as for --help, but as an error: there is nothing to run
+        print(overview(), file=sys.stderr)
+        raise SystemExit(2)
     if command not in SUBCOMMANDS:
         print(f"sapo-lightning: error: the subcommand must be one of {', '.join(SUBCOMMANDS)}; got {command!r} "
               "(sapo-lightning --help lists them)", file=sys.stderr)

@@ -1,5 +1,7 @@
 """The command line end to end: a solved fit with its TensorBoard tags, shipped configs, bad input."""
 
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +114,8 @@ BAD_INPUT = [
     # Lightning would run float16 autocast and its gradient scaler on the CPU; the issue asks for a GPU
     (["--trainer.precision=16-mixed"], "trainer.precision must be 32-true, bf16-mixed or bf16-true on a CPU "
      "(16-mixed needs --trainer.accelerator=gpu); got 16-mixed with trainer.accelerator=cpu"),
+    (["--threads=0"], "threads must be a positive integer or auto; got 0"),
+    (["--threads=two"], "threads must be a positive integer or auto; got two"),
 ]
 
 
@@ -142,6 +146,47 @@ def test_missing_or_malformed_yaml(tmp_path, capsys, content):
     assert err.count("\n") == 1 and err.startswith("sapo-lightning: error: "), err
     if content == "model: [unclosed\n":  # the file, and where in it
         assert str(path) in err and "line 2, column 1" in err, err
+    if content is None:
+        assert err == f"sapo-lightning: error: --config: no such file {path}\n"
+
+
+def test_a_missing_relative_config_names_the_working_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # configs/sapo.yaml exists in the repository, not here
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", "configs/sapo.yaml"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"sapo-lightning: error: --config: no such file configs/sapo.yaml (relative to the working directory {tmp_path})\n"
+    )
+
+
+def test_a_misspelt_train_file_is_reported_missing_from_the_working_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the config's tokenizer and data paths are relative to the repository
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", "configs/text_tiny.yaml", "--data.task.init_args.train_file=data/text_demo/trian.jsonl",
+              "--trainer.default_root_dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("sapo-lightning: error: train_file: no such file or directory "
+                                       f"data/text_demo/trian.jsonl (relative to the working directory {ROOT})\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version_is_the_projects(capsys):
+    commands_main(["--version"])
+    (project,) = re.findall(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert capsys.readouterr().out == f"sapo-lightning {project}\n"
+
+
+def test_bare_command_prints_the_usage_and_subcommands_and_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        commands_main([])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("usage: sapo-lightning {fit,validate,test,compare,export} ...\n")
+    for subcommand in ("fit", "validate", "test", "compare", "export"):
+        assert f"\n  {subcommand} " in captured.err
+    assert "None" not in captured.err
 
 
 @pytest.mark.slow
@@ -154,3 +199,17 @@ def test_console_script_error_has_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.strip() == "sapo-lightning: error: batch_size must be an integer >= 1; got -3"
     assert not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.slow
+def test_a_short_fit_starts_quietly(tmp_path):
+    # no Lightning tips and no deprecation warnings from the libraries' use, as a user runs it
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="")
+    result = subprocess.run(
+        [sys.executable, "-m", "sapo_lightning", "fit", "--config", SAPO_CONFIG, "--trainer.max_steps=5", *QUIET],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "`Trainer.fit` stopped: `max_steps=5` reached." in result.stderr  # stderr is captured at all
+    for noise in ("Tip", "litlogger", "DeprecationWarning", "FutureWarning", "deprecated"):
+        assert noise not in result.stderr, result.stderr

@@ -158,8 +158,8 @@ def test_long_prompts_are_dropped_and_counted_never_truncated(tmp_path, ascii_di
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("missing_file", "train_file must be a JSONL, JSON, CSV or Parquet file"),
-        ("missing_val_file", "val_file must be a JSONL"),
+        ("missing_file", "train_file: no such file or directory "),
+        ("missing_val_file", "val_file: no such file or directory "),
         ("unknown_suffix", "train_file must be a JSONL"),
         ("malformed", "train_file must be a readable JSON file (JSON parse error"),
         ("empty", "test_file must be a file with at least one row"),
@@ -168,7 +168,8 @@ def test_long_prompts_are_dropped_and_counted_never_truncated(tmp_path, ascii_di
             "unknown_role",
             "train_file row 1 prompt message 0 role must be one of system, user, assistant, tool; got 'bot'",
         ),
-        ("missing_tokenizer", "tokenizer must be a local tokenizer directory"),
+        ("missing_tokenizer", "tokenizer: no such directory "),
+        ("tokenizer_file", "tokenizer must be a local tokenizer directory"),
         ("no_eos", "tokenizer must be a tokenizer with an EOS token"),
         ("no_template", "tokenizer must be a tokenizer with a chat template (prompts are chat messages)"),
         ("one_row_split", "val_fraction must be small enough to leave training prompts"),
@@ -197,6 +198,8 @@ def test_bad_input_is_a_config_error_naming_the_option(tmp_path, ascii_dir, case
         args["train_file"] = write(tmp_path / "c.jsonl", [{"prompt": chat} for chat in chats])
     elif case == "missing_tokenizer":
         args["tokenizer"] = str(tmp_path / "no_such_tokenizer")
+    elif case == "tokenizer_file":
+        args["tokenizer"] = good
     elif case == "no_eos":
         args["tokenizer"] = saved(tmp_path, "no_eos")
     elif case == "no_template":
@@ -207,6 +210,22 @@ def test_bad_input_is_a_config_error_naming_the_option(tmp_path, ascii_dir, case
     with pytest.raises(ConfigError) as error:
         PromptDataset(**args)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_missing_relative_path_names_the_working_directory(tmp_path, ascii_dir, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # data/train.jsonl would be found from tmp_path, not from here
+    (tmp_path / "data").mkdir()
+    write(tmp_path / "data" / "train.jsonl", ROWS)
+    with pytest.raises(ConfigError) as error:
+        PromptDataset("data/train.jsonl", ascii_dir, 64)
+    assert str(error.value) == (
+        f"train_file: no such file or directory data/train.jsonl (relative to the working directory {elsewhere})"
+    )
+    with pytest.raises(ConfigError) as error:
+        PromptDataset(str(tmp_path / "data" / "train.jsonl"), str(tmp_path / "tok"), 64)
+    assert str(error.value) == f"tokenizer: no such directory {tmp_path / 'tok'}"  # absolute: as given
 
 
 def test_a_malformed_file_logs_nothing_before_its_error(tmp_path, ascii_dir):

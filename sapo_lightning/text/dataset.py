@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from sapo_lightning.checks import ConfigError, check_choice, check_int, check_number, fail
+from sapo_lightning.checks import ConfigError, check_choice, check_int, check_number, fail, missing_path
 from sapo_lightning.seeds import derive_seed
 from sapo_lightning.text.prompts import Prompts, pad_left
 
@@ -57,6 +57,8 @@ def _quiet(datasets: Any) -> Iterator[None]:
 def read_columns(option: str, path: str) -> dict[str, list]:
     """The columns of a local file or saved dataset, by name, values in file order; writes no cache."""
     datasets = _require("datasets")
+    if not os.path.exists(path):
+        missing_path(option, path, "file or directory")
     if os.path.isdir(path):
         try:
             data = datasets.load_from_disk(path, keep_in_memory=True)
@@ -84,6 +86,8 @@ def read_columns(option: str, path: str) -> dict[str, list]:
 def load_tokenizer(path: str) -> Any:
     """A local tokenizer directory, with an EOS token, and EOS as pad when it has no pad token."""
     transformers = _require("transformers")
+    if not os.path.exists(path):
+        missing_path("tokenizer", path, "directory")
     if not os.path.isdir(path):
         fail("tokenizer", "a local tokenizer directory (saved with save_pretrained)", path)
     try:
