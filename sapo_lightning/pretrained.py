@@ -26,7 +26,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from sapo_lightning.checks import ConfigError, fail
+from sapo_lightning.checks import ConfigError, fail, missing_path
 
 PACKAGE_PREFIX = "pkg:"
 #: a hub id: ``name`` or ``owner/name``, of letters, digits, ``-``, ``_`` and ``.``
@@ -43,7 +43,7 @@ def resolve(option: str, spec: str) -> str:
     path = Path(spec).expanduser()
     if spec.lower().endswith(".gguf"):
         if not path.is_file():
-            fail(option, f"an existing .gguf file ({where(spec)})", spec)
+            missing_path(option, spec, "file")
         return gguf_directory(option, path)
     if path.is_dir():
         return str(path)
@@ -51,13 +51,7 @@ def resolve(option: str, spec: str) -> str:
         fail(option, f"a {what} directory (save_pretrained), a hub id, a .gguf file or pkg:PACKAGE/FILE.gguf", spec)
     if HUB_ID.fullmatch(spec) and ".." not in spec:
         return hub_id(option, spec)
-    fail(option, f"an existing {what} directory ({where(spec)}), a hub id, a .gguf file or pkg:PACKAGE/FILE.gguf",
-         spec)
-
-
-def where(spec: str) -> str:
-    """Where a relative path was looked for, for an error line."""
-    return "absolute" if os.path.isabs(os.path.expanduser(spec)) else f"relative to the working directory {os.getcwd()}"
+    missing_path(option, spec, "directory")
 
 
 def hub_id(option: str, spec: str) -> str:
@@ -70,7 +64,7 @@ def hub_id(option: str, spec: str) -> str:
     try:
         snapshot_download(spec, local_files_only=True)
     except LocalEntryNotFoundError:
-        fail(option, f"a local directory ({where(spec)}) or a hub id in the Hugging Face cache "
+        fail(option, f"a local directory (relative to the working directory {os.getcwd()}) or a hub id in the Hugging Face cache "
              f"({constants.HF_HUB_CACHE}); the hub is offline (HF_HUB_OFFLINE=1) and this one is not cached: "
              f"download it once where the hub is reachable (hf download {spec}), or give a directory", spec)
     return spec

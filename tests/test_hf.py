@@ -131,7 +131,7 @@ def test_model_config_builds_a_random_model_from_the_seed(tmp_path):
         ({"token_ids": list(range(4, 17))}, r"token_ids must be integers in \[0, 16\); got \[4, "),
         ({"dtype": "float64"}, "dtype must be one of float32, bfloat16, float16; got 'float64'"),
         ({"temperature": -1.0}, "temperature must be a finite number > 0; got -1.0"),
-        ({"tokenizer": "/no/such/tokenizer"}, "tokenizer must be an existing tokenizer directory .*; got '/no/such/tokenizer'"),
+        ({"tokenizer": "/no/such/tokenizer"}, "tokenizer: no such directory /no/such/tokenizer$"),
     ],
 )
 def test_bad_arguments(models, kwargs, match):
@@ -144,7 +144,7 @@ def test_bad_arguments(models, kwargs, match):
     [
         ({}, "exactly one of path and model_config must be given; got path=None, model_config=None"),
         ({"path": "DIR", "model_config": LLAMA}, "exactly one of path and model_config must be given; got path='DIR'"),
-        ({"path": "/no/such/model"}, "path must be an existing model directory .*; got '/no/such/model'"),
+        ({"path": "/no/such/model"}, "path: no such directory /no/such/model$"),
         ({"path": "meta-llama/Llama-3.2-1B"}, r"path must be .*the hub is offline \(HF_HUB_OFFLINE=1\) and this one is not cached"),
         ({"model_config": {"vocab_size": 16}}, "model_config must be a mapping with a model_type"),
         ({"model_config": {"model_type": "nope"}}, "model_config.model_type must be a transformers model type .*; got 'nope'"),
@@ -173,8 +173,7 @@ def test_missing_model_directory_is_one_line_and_exit_2(tmp_path, capsys, monkey
               f"--model.policy.init_args.path={missing}", "--trainer.default_root_dir", str(tmp_path / "run")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("sapo-lightning: error: path must be an existing model directory"), err
-    assert f"got '{missing}'" in err
+    assert err.count("\n") == 1 and err.startswith(f"sapo-lightning: error: path: no such directory {missing}\n"), err
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 

@@ -169,7 +169,7 @@ def test_long_prompts_are_dropped_and_counted_never_truncated(tmp_path, ascii_di
             "train_file row 1 prompt message 0 role must be one of system, user, assistant, tool; got 'bot'",
         ),
         ("missing_tokenizer", "tokenizer: no such directory "),
-        ("tokenizer_file", "tokenizer must be a local tokenizer directory"),
+        ("tokenizer_file", "tokenizer must be a tokenizer directory (save_pretrained), a hub id, a .gguf file"),
         ("no_eos", "tokenizer must be a tokenizer with an EOS token"),
         ("no_template", "tokenizer must be a tokenizer with a chat template (prompts are chat messages)"),
         ("one_row_split", "val_fraction must be small enough to leave training prompts"),

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from sapo_lightning.checks import ConfigError, check_choice, check_int, check_number, fail, missing_path
+from sapo_lightning.pretrained import resolve
 from sapo_lightning.seeds import derive_seed
 from sapo_lightning.text.prompts import Prompts, pad_left
 
@@ -84,14 +85,12 @@ def read_columns(option: str, path: str) -> dict[str, list]:
 
 
 def load_tokenizer(path: str) -> Any:
-    """A local tokenizer directory, with an EOS token, and EOS as pad when it has no pad token."""
+    """A tokenizer (a directory, hub id or GGUF file: :func:`~sapo_lightning.pretrained.resolve`), with an EOS
+    token, and EOS as pad when it has no pad token."""
     transformers = _require("transformers")
-    if not os.path.exists(path):
-        missing_path("tokenizer", path, "directory")
-    if not os.path.isdir(path):
-        fail("tokenizer", "a local tokenizer directory (saved with save_pretrained)", path)
+    source = resolve("tokenizer", path)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
         fail("tokenizer", f"a directory with a saved tokenizer ({_first_line(err)})", path)
     if tokenizer.eos_token_id is None:
@@ -128,7 +127,8 @@ class PromptDataset:
     Args:
         train_file: Training prompts: a local ``.jsonl``, ``.json``, ``.csv`` or ``.parquet`` file,
             or a directory written by ``datasets.Dataset.save_to_disk``.
-        tokenizer: Local tokenizer directory (``save_pretrained``), e.g. ``assets/tokenizers/ascii``.
+        tokenizer: The tokenizer: a ``save_pretrained`` directory (e.g. ``assets/tokenizers/ascii``), a hub
+            id, a ``.gguf`` file or ``pkg:PACKAGE/FILE.gguf``, as a policy's ``path``.
             It must have an EOS token; its EOS pads when it has no pad token.
         max_prompt_length: Most tokens a prompt may have (chat template included).
         val_file: Validation prompts, in the same formats; null: hold out ``val_fraction`` of

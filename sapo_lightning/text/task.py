@@ -28,7 +28,8 @@ class PromptTask(Task):
     Args:
         train_file: Prompts for training: a local JSONL, JSON, CSV or Parquet file, or a
             directory saved by ``datasets``.
-        tokenizer: Local directory of the tokenizer (its EOS ends a completion).
+        tokenizer: The tokenizer (its EOS ends a completion): a ``save_pretrained`` directory, a hub id,
+            a ``.gguf`` file or ``pkg:PACKAGE/FILE.gguf``, as a policy's ``path``.
         rewards: Reward functions with weights: ``[{function: import.path, weight: 1.0}]``; the
             dataset's other columns reach them by name.
         max_prompt_length: Longest prompt in tokens; longer ones are dropped (counted at start).
