@@ -31,14 +31,15 @@ def test_the_real_model_trains_two_steps_on_policy(tmp_path, monkeypatch):
           f"--data.task.init_args.train_file={ROOT / 'data/arithmetic/train.jsonl'}",
           f"--data.task.init_args.val_file={ROOT / 'data/arithmetic/val.jsonl'}",
           "--trainer.max_steps=2", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
-          "--trainer.callbacks=[]", "--data.batch_size=2", "--model.group_size=4",
-          "--data.task.init_args.max_new_tokens=8", "--model.optimizer.init_args.lr=1e-5",
+          "--trainer.callbacks=[]", "--data.batch_size=4", "--model.group_size=4",
+          "--data.task.init_args.max_new_tokens=12", "--model.optimizer.init_args.lr=1e-5",
           f"--trainer.default_root_dir={tmp_path / 'run'}"])
     run = tmp_path / "run" / "lightning_logs" / "version_0"
     events = EventAccumulator(str(run))
     events.Reload()
     values = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
     assert len(values["train/loss"]) == 2 and all(math.isfinite(v) for v in values["train/loss"])
+    assert min(values["train/zero_adv_frac"]) < 1  # some group's rewards differ: there is a gradient
     for low, high in zip(values["train/ratio_min"], values["train/ratio_max"]):  # on policy: sync every step
         assert abs(math.log(low)) <= 1e-4 and abs(math.log(high)) <= 1e-4, (low, high)
 
