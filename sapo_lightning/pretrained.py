@@ -17,13 +17,16 @@ Every failure is a :class:`~sapo_lightning.checks.ConfigError` of one line namin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from sapo_lightning.checks import ConfigError, fail, missing_path
@@ -137,16 +140,32 @@ def dequantize(option: str, path: Path, out: Path) -> None:
 
     folder, name = str(path.parent), path.name
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        with quiet_loading():
+            with contextlib.redirect_stderr(io.StringIO()):  # the GGUF reader's own tqdm bar
+                model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+            # a dequantized model is a plain one: save_pretrained refuses while the GGUF quantizer is attached
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
     except ImportError as err:
         raise ConfigError(f"{option}: reading a .gguf file needs the gguf package (pip install "
                           f"\"sapo-lightning[gguf]\"); {' '.join(str(err).split())}") from None
     except (ValueError, KeyError, OSError) as err:
         fail(option, f"a GGUF file transformers can read ({' '.join(str(err).split())[:200]})", str(path))
-    # a dequantized model is a plain one: save_pretrained refuses while the GGUF quantizer is attached
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' per-tensor progress bars off while a model loads: a run's start stays quiet."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()

@@ -150,3 +150,72 @@ def test_a_file_that_is_no_model_is_refused(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(ConfigError, match="a model directory \\(save_pretrained\\), a hub id, a .gguf file"):
         resolve("path", str(tmp_path / "weights.bin"))
+
+
+def gguf_fit_args(tmp_path: Path, gguf: Path, *extra: str) -> list[str]:
+    """A 2-step chat fit of the tiny GGUF Llama: its path and its tokenizer both the .gguf file."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "What is {i} + {i}?", "answer": {2 * i}}}\n' for i in range(12)))
+    return ["fit", "--config", str(ROOT / "configs" / "smollm2_arithmetic.yaml"),
+            f"--model.policy.init_args.path={gguf}", f"--data.task.init_args.tokenizer={gguf}",
+            f"--data.task.init_args.train_file={prompts}", "--data.task.init_args.val_file=null",
+            "--data.task.init_args.val_fraction=0.25", "--data.task.init_args.max_new_tokens=6",
+            "--data.batch_size=2", "--data.val_size=3", "--model.group_size=2", "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]", "--trainer.val_check_interval=2",
+            f"--trainer.default_root_dir={tmp_path / 'run'}", *extra]
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_a_policy_trained_from_gguf_exports_a_plain_model_that_generates(tmp_path, gguf_file, monkeypatch):
+    from sapo_lightning.commands import main
+
+    monkeypatch.setattr("sys.argv", ["sapo-lightning"])
+    main(gguf_fit_args(tmp_path, gguf_file[0]))
+    checkpoint = tmp_path / "run" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    main(["export", "--ckpt_path", str(checkpoint), "--output", str(tmp_path / "out")])
+    assert not list((tmp_path / "out").glob("*.gguf"))
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")  # plain files: no gguf_file, no quantizer
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[f"policy.model.{name}"]), name
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is 2 + 2?"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    out = model.generate(**prompt, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("case, line", [
+    ("odd_arch", "sapo-lightning: error: path must be a GGUF file transformers can read"),
+    ("hub_offline", "sapo-lightning: error: path must be a local directory"),
+    ("missing", "sapo-lightning: error: path: no such file nowhere/model.gguf (relative to the working directory"),
+    ("no_template", "sapo-lightning: error: tokenizer must be a tokenizer with a chat template (chat is true)"),
+    ("too_long", "sapo-lightning: error: max_new_tokens must be at most"),
+])
+def test_bad_model_input_is_one_line_exit_2_nothing_written(case, line, tmp_path, gguf_file, monkeypatch, capsys):
+    from sapo_lightning.commands import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["sapo-lightning"])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    extra = []
+    if case == "odd_arch":
+        write_llama_gguf(tmp_path / "odd.gguf", architecture="nosucharch")
+        extra = [f"--model.policy.init_args.path={tmp_path / 'odd.gguf'}"]
+    elif case == "hub_offline":
+        extra = ["--model.policy.init_args.path=someone/not-cached"]
+    elif case == "missing":
+        extra = ["--model.policy.init_args.path=nowhere/model.gguf"]
+    elif case == "no_template":
+        write_llama_gguf(tmp_path / "plain.gguf", chat_template=False)
+        extra = [f"--data.task.init_args.tokenizer={tmp_path / 'plain.gguf'}"]
+    elif case == "too_long":
+        extra = ["--data.task.init_args.max_new_tokens=120"]  # the tiny model has 128 positions
+    with pytest.raises(SystemExit) as exit_:
+        main(gguf_fit_args(tmp_path, gguf_file[0], *extra))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(line) and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from sapo_lightning.checks import ConfigError, check_choice, fail
 from sapo_lightning.lora import LoRA, apply_lora, base_model
-from sapo_lightning.pretrained import resolve
+from sapo_lightning.pretrained import quiet_loading, resolve
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -32,7 +32,8 @@ def load_causal_lm(
     check_choice("dtype", dtype, DTYPES)
     if path is not None:
         try:
-            model = AutoModelForCausalLM.from_pretrained(resolve("path", path), dtype=getattr(torch, dtype))
+            with quiet_loading():
+                model = AutoModelForCausalLM.from_pretrained(resolve("path", path), dtype=getattr(torch, dtype))
         except OSError as err:  # a directory without a model, or a hub id that cannot be fetched
             fail("path", f"a loadable causal LM ({' '.join(str(err).split())[:200]})", path)
     else:
