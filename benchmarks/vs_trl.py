@@ -620,7 +620,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=list(SETTINGS), default="copy")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps of each frozen (timed) run")
-    parser.add_argument("--pairs", type=int, default=2, help="frozen runs per side, alternating ours, TRL, ...")
+    parser.add_argument("--pairs", type=int, default=2,
+                        help="frozen runs per side, alternating ours, TRL, ... (0: the learning runs alone)")
     parser.add_argument("--skip", type=int, default=5, help="first steps left out of the steady state")
     parser.add_argument("--learn-steps", type=int, default=None,
                         help="steps of the learning run (default: 200 for copy, 300 for text, 40 for smollm2; 0: none)")
@@ -676,7 +677,7 @@ def main() -> None:
             args.save.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "reports": reports,
                                              "frozen": frozen, "base_greedy": base}))
         print_table(frozen, learning, args, load, base)
-        if args.task == "smollm2":  # the physical limit of our frozen steps, measured at the same threads
+        if args.task == "smollm2" and frozen["ours"]:  # the physical limit of our frozen steps, at the same threads
             import flops
 
             ours = {key: statistics.mean(run[key] for run in frozen["ours"]) for key in frozen["ours"][0]}
