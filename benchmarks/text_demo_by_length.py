@@ -1,6 +1,6 @@
 """The text demo's accuracy by word length, on its training and validation prompts, after training.
 
-    OMP_NUM_THREADS=1 sapo-lightning fit --config configs/text_tiny.yaml --trainer.default_root_dir=runs/s0
+    sapo-lightning fit --config configs/text_tiny.yaml --trainer.default_root_dir=runs/s0
     python benchmarks/text_demo_by_length.py runs/s0 [runs/s1 ...]
 
 Loads each run's last checkpoint (``<root>/lightning_logs/version_*/checkpoints/last*.ckpt``, the

@@ -15,7 +15,7 @@ from jsonargparse.typing import PositiveInt
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ProgressBar as AnyProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from sapo_lightning.callbacks import OldPolicySync, ProgressBar
 from sapo_lightning.checkpointing import RunCheckpoint, find_last
@@ -109,6 +109,8 @@ class SAPOCLI(LightningCLI):
             config["ckpt_path"] = find_last(root)
             if config["ckpt_path"] is None:
                 rank_zero_warn(f"--ckpt_path last: no last.ckpt under {root}; starting a new run")
+        elif config.get("ckpt_path") is not None and not Path(config["ckpt_path"]).is_file():
+            missing_path("ckpt_path", config["ckpt_path"])
 
 
 def check_precision(precision: Any, accelerator: Any) -> None:
@@ -126,6 +128,8 @@ def _union_error(err: ArgumentError) -> ConfigError | ArgumentError:
         if f'key "{key}"' in message:
             given = message.rsplit("Given value:", 1)[-1].strip() if "Given value:" in message else "?"
             return ConfigError(f"{key} must be {requirement}; got {given}")
+    if "arguments are required" in message:  # a subcommand without a config: say where one comes from
+        return ConfigError(f"{message.strip()} (give a config: --config configs/sapo.yaml, or any file in configs/)")
     return err
 
 
@@ -197,5 +201,6 @@ def _not_a_tip(record: logging.LogRecord) -> bool:
 
 def _exit_with(err: Exception, status: int) -> None:
     message = " ".join(str(err).split())
-    print(f"sapo-lightning: error: {message}", file=sys.stderr)
+    if rank_zero_only.rank == 0:  # every DDP rank raises it; the user reads it once
+        print(f"sapo-lightning: error: {message}", file=sys.stderr)
     raise SystemExit(status) from None

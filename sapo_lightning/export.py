@@ -12,7 +12,7 @@ import torch
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 
-from sapo_lightning.checks import ConfigError, fail
+from sapo_lightning.checks import ConfigError, fail, missing_path
 
 DESCRIPTION = "write the trained policy as a transformers model and tokenizer"
 #: keys of a fit's config.yaml that belong to the fit subcommand, not to the model or data
@@ -38,7 +38,7 @@ def export(
     """
     checkpoint = Path(ckpt_path)
     if not checkpoint.is_file():
-        fail("ckpt_path", "an existing checkpoint file", ckpt_path)
+        missing_path("ckpt_path", ckpt_path)
     config_path = Path(config) if config is not None else checkpoint.parent.parent / "config.yaml"
     if not config_path.is_file():
         fail("config", "the run's config.yaml (by default the one in the checkpoint's version directory)",

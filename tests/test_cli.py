@@ -108,6 +108,7 @@ BAD_INPUT = [
     (["--model.optimizer.init_args.lr=-0.001"], "lr must be a finite number > 0"),
     (["--model.micro_batch_size=0"], "micro_batch_size must be an integer >= 1 or null; got 0"),
     (["--model.micro_batch_size=7"], "model.micro_batch_size must be a divisor of the batch's 64 responses"),
+    (["--ckpt_path=runs/nope.ckpt"], "ckpt_path: no such file runs/nope.ckpt (relative to the working directory"),
     (["--model.beta=-0.5"], "beta must be a finite number >= 0; got -0.5"),
     (["--trainer.precision=foo"], "trainer.precision must be one of 64, 32, 16, transformer-engine, "
      "transformer-engine-float16, 16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, bf16; got foo"),
@@ -213,3 +214,13 @@ def test_a_short_fit_starts_quietly(tmp_path):
     assert "`Trainer.fit` stopped: `max_steps=5` reached." in result.stderr  # stderr is captured at all
     for noise in ("Tip", "litlogger", "DeprecationWarning", "FutureWarning", "deprecated"):
         assert noise not in result.stderr, result.stderr
+
+
+def test_fit_without_a_config_says_where_one_comes_from(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert "arguments are required" in err and "--config configs/sapo.yaml" in err
+    assert list(tmp_path.iterdir()) == []

@@ -24,6 +24,8 @@ LORA = CONFIGS / "lora.yaml"  # an overlay for the Hugging Face configs: LoRA ad
 LORA_BASES = ["hf_tiny", "text_tiny"]
 FSDP = CONFIGS / "fsdp.yaml"  # an overlay for the HF configs; its 2-process run is tests/test_fsdp.py
 RECIPE = CONFIGS / "text_gsm8k.yaml"  # a real model on a GPU: parsed, and built with a tiny stand-in
+# the real model on a CPU: trained 2 steps in tests/test_smollm2.py, and with a tiny GGUF stand-in in test_pretrained.py
+SMOLLM2 = CONFIGS / "smollm2_arithmetic.yaml"
 HF = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="hf_tiny needs the [hf] extra")
 PEFT = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="lora needs the [peft] extra")
 
@@ -100,7 +102,7 @@ def dotted_keys(tree: dict, prefix: str = "") -> list[str]:
 def test_the_tests_cover_every_shipped_config():
     shipped = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if p.parent.name != "studies"}
     covered = {f"{b}.yaml" for b in BASES} | {f"objectives/{o}.yaml" for o in OBJECTIVES} | {"ddp.yaml", RECIPE.name}
-    covered |= {LORA.name, FSDP.name}
+    covered |= {LORA.name, FSDP.name, SMOLLM2.name}
     assert shipped == covered
 
 
@@ -115,7 +117,7 @@ def test_configuration_doc_lists_every_config_with_its_kind():
     (studies_row,) = re.findall(r"^\| `configs/studies/\*\.yaml` .*$", doc, re.MULTILINE)
     for study in (CONFIGS / "studies").glob("*.yaml"):
         assert f"`{study.stem}`" in studies_row, study.name
-    full = {f"{b}.yaml" for b in BASES} | {RECIPE.name}
+    full = {f"{b}.yaml" for b in BASES} | {RECIPE.name, SMOLLM2.name}
     overlays = {f"objectives/{o}.yaml" for o in OBJECTIVES} | {DDP.name, LORA.name, FSDP.name}
     assert listed == {name: "full" for name in full} | {name: "overlay" for name in overlays}
 

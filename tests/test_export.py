@@ -70,7 +70,7 @@ def run_dir(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("missing-ckpt", "ckpt_path must be an existing checkpoint file; got '{tmp}/nope.ckpt'"),
+        ("missing-ckpt", "ckpt_path: no such file {tmp}/nope.ckpt"),
         ("missing-config", "config must be the run's config.yaml (by default the one in the checkpoint's version "
                            "directory); got '{tmp}/version_0/config.yaml'"),
         ("non-empty-output", "output must be a new or empty directory; got '{tmp}/out'"),

@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from sapo_lightning.checks import ConfigError, check_choice, fail
 from sapo_lightning.lora import LoRA, apply_lora, base_model
-from sapo_lightning.pretrained import quiet_loading, resolve
+from sapo_lightning.pretrained import quiet_loading
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -23,8 +23,9 @@ def load_causal_lm(
     gradient_checkpointing: bool,
     lora: LoRA | dict[str, Any] | None = None,
 ) -> PreTrainedModel:
-    """A causal LM from ``path`` (a directory, a hub id, a GGUF file: see :func:`~sapo_lightning.pretrained.resolve`)
-    or, randomly initialised, from a config mapping; with ``lora``, wrapped by PEFT with only the adapters trainable."""
+    """A causal LM from ``path`` (a directory or a hub id, as :func:`~sapo_lightning.pretrained.resolve` returns
+    one) or, randomly initialised, from a config mapping; with ``lora``, wrapped by PEFT with only the adapters
+    trainable."""
     if (path is None) == (model_config is None):
         raise ConfigError(
             f"exactly one of path and model_config must be given; got path={path!r}, model_config={model_config!r}"
@@ -33,7 +34,7 @@ def load_causal_lm(
     if path is not None:
         try:
             with quiet_loading():
-                model = AutoModelForCausalLM.from_pretrained(resolve("path", path), dtype=getattr(torch, dtype))
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         except OSError as err:  # a directory without a model, or a hub id that cannot be fetched
             fail("path", f"a loadable causal LM ({' '.join(str(err).split())[:200]})", path)
     else:
