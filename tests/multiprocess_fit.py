@@ -15,10 +15,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_fit(cwd: Path, *args: str) -> None:
-    """Run ``sapo-lightning fit ARGS`` in ``cwd`` with one torch thread per process; fail with its stderr."""
+def run_fit(cwd: Path, *args: str, status: int = 0) -> str:
+    """Run ``sapo-lightning fit ARGS`` in ``cwd`` with one torch thread per process; fail with its stderr unless
+    it exits with ``status``; its stderr."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "sapo_lightning", "fit", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == status, done.stderr[-3000:]
+    return done.stderr

@@ -155,3 +155,17 @@ def test_ranks_skip_together(tmp_path):
     assert rank0["end_step"] == rank1["end_step"] == 6
     last = torch.load(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["nonfinite_steps"] == 1
+
+
+def test_under_ddp_the_stop_is_one_line(tmp_path):
+    """Both ranks stop on the same step; the user reads the error once."""
+    from multiprocess_fit import run_fit
+
+    err = run_fit(tmp_path, f"--config={ROOT / 'configs' / 'sapo.yaml'}", f"--config={ROOT / 'configs' / 'ddp.yaml'}",
+                  f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=6", "--trainer.val_check_interval=6",
+                  "--trainer.enable_progress_bar=false", "--data.val_size=8", "--model.max_nonfinite_steps=2",
+                  "--trainer.callbacks+=test_nonfinite.InfGradient", "--trainer.callbacks.steps=[3, 4]",
+                  "--trainer.callbacks.rank=1", status=1)
+    lines = [line for line in err.splitlines() if line.startswith("sapo-lightning: error:")]
+    assert len(lines) == 1 and "2 optimizer steps in a row (the last: step 4)" in lines[0], err[-2000:]
+
