@@ -185,7 +185,7 @@ def plain(size: str, steps: int, stamps: list[tuple[float, float]] | None = None
 class Floor(LightningModule):
     """One Adam step on one parameter per batch, an empty validation: Lightning's loop and nothing else."""
 
-    updates_per_rollout = 1  # what RunCheckpoint's schedule reads
+    steps_per_rollout = 1  # what RunCheckpoint's schedule reads
 
     def __init__(self) -> None:
         super().__init__()

@@ -36,12 +36,17 @@ def group_advantages_with_stats(rewards: Tensor, group_size: int, scale: str = "
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be [N] with N a multiple of group_size={group_size}; got {tuple(rewards.shape)}")
     grouped = rewards.view(-1, group_size)  # [B, G]
-    zero_signal = (grouped == grouped[:, :1]).all(-1)  # [B]
+    zero_signal = all_equal(grouped)  # [B]
     centered = torch.where(zero_signal.unsqueeze(-1), 0.0, grouped - grouped.mean(-1, keepdim=True))  # [B, G]
     std = grouped.std(-1)  # [B]
     if scale == "group":
         centered = centered / (std.unsqueeze(-1) + EPS)
     return GroupAdvantages(centered.reshape(-1), zero_signal, std)
+
+
+def all_equal(grouped: Tensor) -> Tensor:
+    """``[B]`` bool: the rewards of each group ``[B, G]`` are all equal (its advantages are all 0: no gradient)."""
+    return (grouped == grouped[:, :1]).all(-1)
 
 
 def check_group(group_size: int, scale: str) -> None:

@@ -18,7 +18,7 @@ from sapo_lightning.schedule import crossed_multiple
 class SyncsOldPolicy(Protocol):
     """What :class:`OldPolicySync` calls on the module it serves (:class:`~sapo_lightning.RLModule` has it)."""
 
-    updates_per_rollout: int  # optimizer steps per rollout batch
+    steps_per_rollout: int  # optimizer steps per rollout batch
 
     def keep_old_copy(self, keep: bool) -> None:
         """Keep π_old as a frozen copy (True), or sample from the live policy (False)."""
@@ -32,13 +32,14 @@ class OldPolicySync(Callback):
 
     Rollouts are sampled from ``old_policy``; between syncs the data grows stale, which is
     what the ratio r = π_θ / π_old and the objective's gate or clip act on. The sync runs at
-    the end of the batch that reaches a multiple of N optimizer steps (with several updates
-    per rollout, the first batch end at or past it; see :func:`crossed_multiple`). It keeps no
+    the end of the batch that reaches a multiple of N optimizer steps (with several optimizer
+    steps per rollout, the first batch end at or past it; see :func:`crossed_multiple`). It keeps no
     state: ``global_step`` decides, so a resumed run syncs where the uninterrupted one did.
 
     Args:
         every_n_steps: Optimizer steps between syncs (seed: 10). 1 keeps rollouts on-policy
-            at the first update of each batch. At most ``model.updates_per_rollout``, π_old is
+            at the first step of each batch. At most the module's ``steps_per_rollout``
+            (``model.updates_per_rollout`` x ``model.mini_batches``), π_old is
             refreshed before every rollout: then no copy is kept, and rollouts are sampled from
             the policy itself in eval mode under no_grad (the same result without a second
             model in memory or in checkpoints).
@@ -50,12 +51,12 @@ class OldPolicySync(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not isinstance(pl_module, SyncsOldPolicy):
             raise TypeError(f"OldPolicySync needs a module with keep_old_copy, sync_old_policy and "
-                            f"updates_per_rollout (sapo_lightning.callbacks.SyncsOldPolicy); got {type(pl_module).__name__}")
+                            f"steps_per_rollout (sapo_lightning.callbacks.SyncsOldPolicy); got {type(pl_module).__name__}")
         # Refreshed before every rollout, π_old equals π_θ when it samples: no copy is needed.
-        pl_module.keep_old_copy(self.every_n_steps > pl_module.updates_per_rollout)
+        pl_module.keep_old_copy(self.every_n_steps > pl_module.steps_per_rollout)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        if crossed_multiple(trainer.global_step, pl_module.updates_per_rollout, self.every_n_steps):
+        if crossed_multiple(trainer.global_step, pl_module.steps_per_rollout, self.every_n_steps):
             pl_module.sync_old_policy()
 
 

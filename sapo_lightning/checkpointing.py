@@ -77,7 +77,7 @@ class RunCheckpoint(ModelCheckpoint):
     the CheckpointIO); this subclass only decides when, through public hooks:
 
     - every ``every_n_train_steps`` optimizer steps, at the first batch end at or past each
-      multiple (a batch makes ``updates_per_rollout`` steps, so ``global_step`` can jump over N);
+      multiple (a batch makes the module's ``steps_per_rollout`` steps, so ``global_step`` can jump over N);
       the same rule as :class:`~sapo_lightning.callbacks.OldPolicySync`, :func:`crossed_multiple`;
     - at the batch that reaches ``max_steps``, so the saved loop state is "mid-epoch" and a
       resumed run continues exactly; and at the end of a run stopped otherwise.
@@ -95,7 +95,7 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        periodic = self.every_n_steps > 0 and crossed_multiple(step, pl_module.updates_per_rollout, self.every_n_steps)
+        periodic = self.every_n_steps > 0 and crossed_multiple(step, pl_module.steps_per_rollout, self.every_n_steps)
         if periodic or step == trainer.max_steps:
             super().on_train_batch_end(trainer, pl_module, *args)
 

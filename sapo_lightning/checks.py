@@ -82,18 +82,26 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
 
 
 def check_schedule(
-    max_steps: int, batch_size: int | None, updates_per_rollout: int, group_size: int, micro_batch_size: int | None,
+    max_steps: int, batch_size: int | None, updates_per_rollout: int, mini_batches: int, group_size: int,
+    micro_batch_size: int | None,
 ) -> None:
-    """Refuse a run length that splits a rollout batch, and micro-batches that do not tile the batch's
-    responses (``batch_size`` None: not known yet, not checked)."""
-    if max_steps > 0 and max_steps % updates_per_rollout:
-        fail("trainer.max_steps", f"a multiple of model.updates_per_rollout={updates_per_rollout} "
-             f"(a rollout batch makes {updates_per_rollout} optimizer steps)", max_steps)
-    if micro_batch_size is not None and batch_size is not None:
-        responses = batch_size * group_size
+    """Refuse mini-batches that do not split a rollout batch's queries, micro-batches that do not tile a
+    mini-batch's responses (``batch_size`` None: not known yet, not checked), and a run length that
+    splits a rollout batch."""
+    if batch_size is not None and batch_size % mini_batches:
+        fail("model.mini_batches", f"a divisor of data.batch_size={batch_size} (a mini-batch holds whole groups)",
+             mini_batches)
+    if batch_size is not None and micro_batch_size is not None:
+        responses = batch_size * group_size // mini_batches
+        where = (f"the batch's {responses} responses (data.batch_size={batch_size} x model.group_size={group_size})"
+                 if mini_batches == 1 else f"a mini-batch's {responses} responses (data.batch_size={batch_size} x "
+                 f"model.group_size={group_size} / model.mini_batches={mini_batches})")
         if responses % micro_batch_size:
-            fail("model.micro_batch_size", f"a divisor of the batch's {responses} responses "
-                 f"(data.batch_size={batch_size} x model.group_size={group_size})", micro_batch_size)
+            fail("model.micro_batch_size", f"a divisor of {where}", micro_batch_size)
+    steps = updates_per_rollout * mini_batches
+    if max_steps > 0 and max_steps % steps:
+        fail("trainer.max_steps", f"a multiple of {steps}, the optimizer steps a rollout batch makes "
+             f"(model.updates_per_rollout={updates_per_rollout} x model.mini_batches={mini_batches})", max_steps)
 
 
 def check_optimizer(optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]) -> None:

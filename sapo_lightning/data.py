@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,16 +11,17 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, IterableDataset
 
 from sapo_lightning.checks import check_int
-from sapo_lightning.seeds import ROLLOUT_STREAM, derive_seed
+from sapo_lightning.seeds import REFILL_STREAM, ROLLOUT_STREAM, derive_seed
 from sapo_lightning.tasks import Task
 
 
 class QueryStream(IterableDataset):
-    """Endless batches ``{"queries": ..., "index": i, "seed": s}`` for i = start, start+1, ...
+    """Endless batches ``{"queries": ..., "index": i, "seed": s, "refill": f}`` for i = start, start+1, ...
 
     Batch i is a pure function of (seed, rank, world size, i): the task draws its queries
     (:meth:`Task.train_batch`), and ``seed`` seeds the rollout sampling of that batch. Any
-    restart, same data.
+    restart, same data. ``refill(round)`` draws more queries for batch i (the module's dynamic
+    sampling asks for them when groups carry no signal): :meth:`refill`.
     """
 
     def __init__(self, task: Task, batch_size: int, seed: int, rank: int, world_size: int, start: int = 0) -> None:
@@ -33,8 +35,15 @@ class QueryStream(IterableDataset):
                 "queries": self.task.train_batch(index, self.batch_size, self.seed, self.rank, self.world_size),
                 "index": index,
                 "seed": derive_seed(self.seed, self.rank, index, ROLLOUT_STREAM),
+                "refill": functools.partial(self.refill, index),
             }
             index += 1
+
+    def refill(self, index: int, round: int) -> Any:
+        """``batch_size`` more queries for batch ``index``, sampling round ``round`` >= 1: the task's batch
+        ``index`` under a seed of its own per round, so a pure function of (seed, rank, index, round)."""
+        seed = derive_seed(self.seed, REFILL_STREAM, round)
+        return self.task.train_batch(index, self.batch_size, seed, self.rank, self.world_size)
 
 
 class QueryDataModule(LightningDataModule):

@@ -9,7 +9,8 @@ vocabulary and response length: in a config, give its class and its own argument
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from contextlib import nullcontext
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +32,7 @@ class Scores(NamedTuple):
     """Per-token scores of given responses."""
 
     log_probs: Tensor  # [N, T] float, log π(y_t | q, y_<t)
-    entropy: Tensor  # [N, T] float, entropy of π(· | q, y_<t), detached (a diagnostic)
+    entropy: Tensor  # [N, T] float, entropy of π(· | q, y_<t); differentiable only when scored with entropy_grad
 
 
 class Policy(nn.Module):
@@ -47,9 +48,25 @@ class Policy(nn.Module):
         """Sample one response per query (argmax tokens when ``greedy``)."""
         raise NotImplementedError
 
-    def score(self, queries: Tensor, responses: Tensor) -> Scores:
-        """Log-probs and entropies of ``responses`` ``[N, T]`` given ``queries``; differentiable."""
+    def score(self, queries: Tensor, responses: Tensor, entropy_grad: bool = False) -> Scores:
+        """Log-probs and entropies of ``responses`` ``[N, T]`` given ``queries``. The log-probs are
+        differentiable; the entropies only with ``entropy_grad`` (an entropy bonus), since their
+        gradient keeps ``[N, T, V]`` tensors for the backward pass."""
         raise NotImplementedError
+
+
+def take(values: Any, rows: slice) -> Any:
+    """Rows of a batch (a tensor, Prompts or None); the whole batch for ``slice(None)``."""
+    return values if values is None or rows == slice(None) else values[rows]
+
+
+def take_rollout(rollout: Rollout, rows: slice) -> Rollout:
+    return rollout if rows == slice(None) else Rollout(*(None if t is None else t[rows] for t in rollout))
+
+
+def concat_queries(parts: list[Any]) -> Any:
+    """One batch of queries from consecutive parts: tensors concatenated, Prompts by ``Prompts.cat``."""
+    return torch.cat(parts) if isinstance(parts[0], Tensor) else type(parts[0]).cat(parts)
 
 
 def concat_rollouts(rollouts: list[Rollout], pad_token: int) -> Rollout:
@@ -87,10 +104,10 @@ def sample_from_logits(logits: Tensor, generator: torch.Generator | None, greedy
     return tokens, log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def token_scores(logits: Tensor, tokens: Tensor) -> Scores:
-    """Log-probs of ``tokens`` ``[...]`` and entropies under ``logits`` ``[..., V]``."""
+def token_scores(logits: Tensor, tokens: Tensor, entropy_grad: bool = False) -> Scores:
+    """Log-probs of ``tokens`` ``[...]`` and entropies under ``logits`` ``[..., V]`` (differentiable with ``entropy_grad``)."""
     log_p = torch.log_softmax(logits.float(), dim=-1)  # [..., V]
-    with torch.no_grad():  # a diagnostic: no [..., V] tensors saved for backward
+    with nullcontext() if entropy_grad else torch.no_grad():  # a diagnostic keeps no [..., V] tensor for backward
         entropy = -(log_p.exp() * log_p).sum(-1)
     return Scores(log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy)
 
@@ -175,5 +192,5 @@ class MLPPolicy(Policy):
         tokens, log_probs = sample_from_logits(self(queries), generator, greedy)  # [N, T] each
         return Rollout(tokens, log_probs, torch.ones_like(tokens, dtype=torch.bool))
 
-    def score(self, queries: Tensor, responses: Tensor) -> Scores:
-        return token_scores(self(queries), responses)
+    def score(self, queries: Tensor, responses: Tensor, entropy_grad: bool = False) -> Scores:
+        return token_scores(self(queries), responses, entropy_grad)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 
-def crossed_multiple(global_step: int, updates_per_rollout: int, every_n_steps: int) -> bool:
-    """True at the end of a batch whose updates took ``global_step`` onto or past a multiple of N.
+def crossed_multiple(global_step: int, steps_per_rollout: int, every_n_steps: int) -> bool:
+    """True at the end of a batch whose optimizer steps took ``global_step`` onto or past a multiple of N.
 
-    A rollout batch makes ``updates_per_rollout`` (U) optimizer steps, so the batch that just
-    ended covered steps (global_step − U, global_step]. With U = 1 this is ``global_step % N == 0``;
-    with U > 1 and N not a multiple of U it fires at the first batch end at or past each multiple.
+    A rollout batch makes ``steps_per_rollout`` (S) optimizer steps, so the batch that just
+    ended covered steps (global_step − S, global_step]. With S = 1 this is ``global_step % N == 0``;
+    with S > 1 and N not a multiple of S it fires at the first batch end at or past each multiple.
     It depends on nothing but its arguments, so a resumed run fires where the uninterrupted one did.
     """
-    return global_step // every_n_steps > (global_step - updates_per_rollout) // every_n_steps
+    return global_step // every_n_steps > (global_step - steps_per_rollout) // every_n_steps

@@ -15,14 +15,16 @@ def flat(module: torch.nn.Module) -> torch.Tensor:
 
 class RankProbe(Callback):
     """Records the step training starts at; per batch the queries and the old policy it samples
-    from (so after the syncs of earlier batches), and the logged train reward; at the end both
-    policies and all metrics."""
+    from (so after the syncs of earlier batches), the logged train reward, and the step and the
+    task's ``reward_calls`` (a test task's count of sampling rounds, if it keeps one) at its end;
+    at the end both policies and all metrics."""
 
     def __init__(self, out: str) -> None:
         self.out = Path(out)
         self.queries: list[torch.Tensor] = []
         self.old_policy: list[torch.Tensor] = []
         self.train_reward: dict[int, torch.Tensor] = {}
+        self.batch_ends: list[tuple[int, int | None]] = []  # (global_step, reward_calls) after each batch
         self.start_step = -1
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -33,6 +35,7 @@ class RankProbe(Callback):
         self.old_policy.append(flat(pl_module.old_policy))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        self.batch_ends.append((trainer.global_step, getattr(pl_module.task, "reward_calls", None)))
         if "train/reward" in trainer.callback_metrics:
             self.train_reward[trainer.global_step] = trainer.callback_metrics["train/reward"].cpu().clone()
 
@@ -48,6 +51,7 @@ class RankProbe(Callback):
                 "policy": flat(pl_module.policy),  # [P]
                 "final_old_policy": flat(pl_module.old_policy),  # [P]
                 "train_reward": self.train_reward,
+                "batch_ends": self.batch_ends,
                 "metrics": metrics,
             },
             self.out / f"rank{trainer.global_rank}.pt",

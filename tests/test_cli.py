@@ -110,6 +110,17 @@ BAD_INPUT = [
     (["--model.micro_batch_size=7"], "model.micro_batch_size must be a divisor of the batch's 64 responses"),
     (["--ckpt_path=runs/nope.ckpt"], "ckpt_path: no such file runs/nope.ckpt (relative to the working directory"),
     (["--model.beta=-0.5"], "beta must be a finite number >= 0; got -0.5"),
+    (["--model.mini_batches=0"], "mini_batches must be an integer >= 1; got 0"),
+    (["--model.mini_batches=3"], "model.mini_batches must be a divisor of data.batch_size=8 (a mini-batch holds whole "
+     "groups); got 3"),
+    (["--model.mini_batches=4", "--model.micro_batch_size=32"], "model.micro_batch_size must be a divisor of a "
+     "mini-batch's 16 responses (data.batch_size=8 x model.group_size=8 / model.mini_batches=4); got 32"),
+    (["--model.mini_batches=4", "--trainer.max_steps=10"], "trainer.max_steps must be a multiple of 4, the optimizer "
+     "steps a rollout batch makes (model.updates_per_rollout=1 x model.mini_batches=4); got 10"),
+    (["--model.max_sampling_rounds=0"], "max_sampling_rounds must be an integer >= 1; got 0"),
+    (["--model.filter_groups=true", "--model.group_size=1", "--model.advantage_scale=none"],
+     "filter_groups must be false with group_size=1 (a group of one response has no spread to filter on); got True"),
+    (["--model.entropy_coef=-0.01"], "entropy_coef must be a finite number >= 0; got -0.01"),
     (["--trainer.precision=foo"], "trainer.precision must be one of 64, 32, 16, transformer-engine, "
      "transformer-engine-float16, 16-true, 16-mixed, bf16-true, bf16-mixed, 32-true, 64-true, bf16; got foo"),
     # Lightning would run float16 autocast and its gradient scaler on the CPU; the issue asks for a GPU

@@ -60,8 +60,8 @@ def test_ddp_two_ranks_agree_and_solve(tmp_path):
     assert torch.equal(policy, rank0["policy"])
 
 
-def ddp_policy(root: Path, *extra: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both ranks' final policy parameters after a short 2-process fit."""
+def ddp_probes(root: Path, *extra: str) -> tuple[dict, dict]:
+    """What both ranks' probes saw in a short 2-process fit."""
     probe = root / "probe"
     root.mkdir()
     run_fit(
@@ -71,7 +71,12 @@ def ddp_policy(root: Path, *extra: str) -> tuple[torch.Tensor, torch.Tensor]:
         "--model.optimizer=torch.optim.SGD", "--model.optimizer.init_args.lr=0.5",
         "--trainer.callbacks+=rank_probe.RankProbe", f"--trainer.callbacks.out={probe}", *extra,
     )
-    rank0, rank1 = (torch.load(probe / f"rank{r}.pt") for r in (0, 1))
+    return tuple(torch.load(probe / f"rank{r}.pt") for r in (0, 1))
+
+
+def ddp_policy(root: Path, *extra: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both ranks' final policy parameters after a short 2-process fit."""
+    rank0, rank1 = ddp_probes(root, *extra)
     return rank0["policy"], rank1["policy"]
 
 
@@ -81,3 +86,15 @@ def test_ddp_micro_batches_equal_the_full_batch(tmp_path):
     chunked = ddp_policy(tmp_path / "chunked", "--model.micro_batch_size=16")
     assert torch.equal(*chunked)
     assert torch.allclose(chunked[0], full[0], rtol=0, atol=1e-6)
+
+
+def test_ddp_dynamic_sampling_draws_as_many_rounds_on_every_rank(tmp_path):
+    """Half the queries unrewarded, so each rank is short of informative groups at its own batches: every rank
+    draws a round while any is short, so the ranks draw the same rounds, take the same steps and agree."""
+    rank0, rank1 = ddp_probes(tmp_path / "run", "--data.task=blind_task.Blind", "--data.task.init_args.target=[2,5,7,3,1]",
+                              "--model.group_size=2", "--model.mini_batches=2", "--model.filter_groups=true",
+                              "--model.max_sampling_rounds=6")
+    assert rank0["batch_ends"] == rank1["batch_ends"]  # (global_step, rounds drawn so far) after every batch
+    steps, calls = zip(*rank0["batch_ends"])
+    assert steps == (2, 4, 6, 8) and calls[-1] > 4  # some batch drew more than one round
+    assert torch.equal(rank0["policy"], rank1["policy"])

@@ -97,14 +97,14 @@ def test_logged_values_are_the_mean_min_max_of_the_updates_since_the_last_log_po
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     logged = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-    # the same step axis as self.log: Lightning's batch counter, every 3rd batch
-    assert [step for step, _ in logged["train/gate_mean"]] == [2, 5]
+    # the optimizer step axis, x = global_step - 1: every 3rd optimizer step, so windows cross rollout batches
+    assert [step for step, _ in logged["train/gate_mean"]] == [2, 5, 8, 11]
     for i, (_, value) in enumerate(logged["train/gate_mean"]):
-        window = objective.calls[6 * i : 6 * (i + 1)]  # 3 batches x 2 updates
-        assert value == pytest.approx(sum(c.metrics["gate_mean"].item() for c in window) / 6, rel=1e-6)
+        window = objective.calls[3 * i : 3 * (i + 1)]  # 3 optimizer steps
+        assert value == pytest.approx(sum(c.metrics["gate_mean"].item() for c in window) / 3, rel=1e-6)
         assert logged["train/ratio_max"][i][1] == pytest.approx(max(c.metrics["ratio_max"].item() for c in window))
         assert logged["train/ratio_min"][i][1] == pytest.approx(min(c.metrics["ratio_min"].item() for c in window))
-        assert logged["train/loss"][i][1] == pytest.approx(sum(c.loss.item() for c in window) / 6, rel=1e-6)
+        assert logged["train/loss"][i][1] == pytest.approx(sum(c.loss.item() for c in window) / 3, rel=1e-6)
     for name in MODULE_METRICS:
         assert f"train/{name}" in logged
         assert all(math.isfinite(value) for _, value in logged[f"train/{name}"])

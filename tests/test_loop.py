@@ -49,7 +49,8 @@ def trainer(**kwargs) -> Trainer:
 
 
 def test_trainer_fit_refuses_max_steps_that_split_a_rollout_batch():
-    with pytest.raises(ConfigError, match=r"trainer.max_steps must be a multiple of model.updates_per_rollout=2.*got 5"):
+    with pytest.raises(ConfigError, match=r"trainer.max_steps must be a multiple of 2, the optimizer steps a rollout "
+                                         r"batch makes \(model.updates_per_rollout=2 x model.mini_batches=1\); got 5"):
         trainer(max_steps=5).fit(module(updates_per_rollout=2), QueryDataModule(TASK, batch_size=2, seed=0))
 
 
@@ -78,7 +79,7 @@ def test_old_policy_sync_refreshes_old_policy_on_its_schedule():
 def test_old_policy_sync_names_the_contract_it_needs():
     assert isinstance(module(), SyncsOldPolicy)
     with pytest.raises(TypeError, match=r"OldPolicySync needs a module with keep_old_copy, sync_old_policy and "
-                                        r"updates_per_rollout .*; got LightningModule"):
+                                        r"steps_per_rollout .*; got LightningModule"):
         OldPolicySync().setup(None, LightningModule(), "fit")
 
 

@@ -126,8 +126,8 @@ def test_max_steps_not_multiple_of_updates_is_refused(tmp_path, capsys):
         fit(tmp_path, 25, "--model.updates_per_rollout=2")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["sapo-lightning: error: trainer.max_steps must be a multiple of model.updates_per_rollout=2 "
-                   "(a rollout batch makes 2 optimizer steps); got 25"]
+    assert err == ["sapo-lightning: error: trainer.max_steps must be a multiple of 2, the optimizer steps a rollout "
+                   "batch makes (model.updates_per_rollout=2 x model.mini_batches=1); got 25"]
     assert not any(tmp_path.iterdir())
 
 
@@ -148,3 +148,28 @@ def test_cli_resumes_with_weights_only(tmp_path):
     (call,) = spy.call_args_list
     assert call.args[1] == str(run_dir(tmp_path, 0) / "last.ckpt")
     assert call.kwargs["weights_only"] is True
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--model.mini_batches=4"],
+     ["--model.mini_batches=4", "--model.filter_groups=true", "--model.group_size=2", "--model.entropy_coef=0.01"]],
+    ids=["four mini-batches", "four mini-batches, dynamic sampling, entropy bonus"],
+)
+def test_a_run_stopped_mid_rollout_resumes_from_the_rollout_boundary(tmp_path, extra):
+    """Every 6 steps with 4 optimizer steps per rollout: the saves land at the first batch end at or past
+    each multiple (8, 12, 20, 24), never inside a rollout, and resuming from step=8 gives the straight run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    options = [*extra, "--checkpoint.every_n_train_steps=6", "--checkpoint.save_top_k=-1"]
+    fit(tmp_path, 24, *options)
+    saved = sorted(p.name for p in run_dir(tmp_path, 0).glob("*.ckpt"))
+    assert saved == ["last.ckpt", "step=12.ckpt", "step=20.ckpt", "step=24.ckpt", "step=8.ckpt"]
+    fit(tmp_path, 24, *options, ckpt_path=str(run_dir(tmp_path, 0) / "step=8.ckpt"))
+    assert load(run_dir(tmp_path, 1) / "step=12.ckpt")["global_step"] == 12  # it resumed, not restarted
+    straight, resumed_run = (load(run_dir(tmp_path, v) / "last.ckpt") for v in (0, 1))
+    assert_identical(training_state(resumed_run), training_state(straight))
+    if "--model.filter_groups=true" in extra:  # the filter drew more than one round somewhere
+        events = EventAccumulator(str(run_dir(tmp_path, 0).parent))
+        events.Reload()
+        assert max(e.value for e in events.Scalars("train/groups_drawn")) > 8

@@ -137,6 +137,15 @@ def test_prompts_repeat_slice_and_move():
         prompts.repeat_interleave(2, dim=1)
 
 
+def test_prompts_cat_left_pads_to_the_widest():
+    narrow = Prompts(torch.tensor([[7]]), torch.tensor([[1]]), ["n"], {"x": [1]})
+    wide = Prompts(torch.tensor([[1, 2, 3], [0, 4, 5]]), torch.tensor([[1, 1, 1], [0, 1, 1]]), ["a", "b"], {"x": [2, 3]})
+    both = Prompts.cat([narrow, wide])
+    assert both.input_ids.tolist() == [[0, 0, 7], [1, 2, 3], [0, 4, 5]]
+    assert both.attention_mask.tolist() == [[0, 0, 1], [1, 1, 1], [0, 1, 1]]  # the added columns are masked out
+    assert both.texts == ["n", "a", "b"] and both.columns == {"x": [1, 2, 3]}
+
+
 # -- too long --------------------------------------------------------------------------------
 def test_long_prompts_are_dropped_and_counted_never_truncated(tmp_path, ascii_dir, monkeypatch):
     messages = []

@@ -116,3 +116,21 @@ def test_text_samples_panel_shows_prompts_completions_and_rewards(tmp_path, prom
     assert table[0] == "| prompt | completion | reward |" and len(table) == 2 + 2
     prompt, completion, reward = (cell.strip() for cell in table[2].strip("|").split("|"))
     assert prompt.startswith("copy: ") and 0.0 <= float(reward) <= 1.0
+
+
+def test_dynamic_sampling_of_prompts_resumes_exactly(tmp_path, prompts):
+    """Refill rounds draw more prompts from the dataset (left-padded together with the first round's), three
+    mini-batches per rollout: 6 + 6 steps from the end-of-run checkpoint equal 12 in one go."""
+    extra = ["--model.filter_groups=true", "--model.max_sampling_rounds=3", "--model.mini_batches=3"]
+    fit(tmp_path / "straight", prompts, 12, *extra)
+    fit(tmp_path / "split", prompts, 6, *extra)
+    first = tmp_path / "split" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    fit(tmp_path / "split", prompts, 12, *extra, f"--ckpt_path={first}")
+    straight = torch.load(tmp_path / "straight/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    resumed = torch.load(tmp_path / "split/lightning_logs/version_1/checkpoints/last.ckpt", weights_only=True)
+    assert straight["global_step"] == resumed["global_step"] == 12
+    for name, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][name]), name
+    accumulator = EventAccumulator(str(tmp_path / "straight" / "lightning_logs" / "version_0"))
+    accumulator.Reload()
+    assert max(e.value for e in accumulator.Scalars("train/groups_drawn")) > 3  # more than one round somewhere

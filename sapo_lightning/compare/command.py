@@ -109,7 +109,7 @@ def compare(
     lines = [f"# Study `{name}`", "",
              f"{len(seeds)} seeds per cell; reward = `{metric}`, smoothed by a trailing mean over {window} log "
              f"points; threshold {threshold}; collapse margin {margin}. Mean ± 95% CI (Student t) over seeds. "
-             "Steps are TensorBoard steps (training batches).", ""]
+             "Steps are TensorBoard steps (optimizer steps - 1).", ""]
     if plots:
         lines += [f"Plots: {BAND}.", ""]
     for task, by_objective in results.items():

@@ -201,7 +201,7 @@ class CausalLMPolicy(Policy):
         return decode(next_logits, n, self.max_new_tokens, self.stop_ids, self.pad_token, generator, greedy, device,
                       self.stop_when_done)
 
-    def score(self, queries: Prompts | Tensor, responses: Tensor) -> Scores:
+    def score(self, queries: Prompts | Tensor, responses: Tensor, entropy_grad: bool = False) -> Scores:
         prompt_ids, prompt_mask = prompt_tensors(queries)  # [N, P] each
         mask = response_mask(responses, self.stop_ids)  # [N, T]
         p, steps = prompt_ids.shape[1], responses.shape[1]
@@ -220,7 +220,7 @@ class CausalLMPolicy(Policy):
                 rest = self._forward(steps - 1, input_ids=ids[:, p:], attention_mask=attention,
                                      position_ids=positions[:, p:], use_cache=True, **{self._cache_arg: cache})
                 logits = torch.cat([logits, rest.logits], 1)  # [N, T, V_model]
-        scores = truncated_scores(self.sampling_logits(logits), responses)  # [N, T] each
+        scores = truncated_scores(self.sampling_logits(logits), responses, entropy_grad)  # [N, T] each
         return Scores(scores.log_probs.masked_fill(~mask, 0.0), scores.entropy.masked_fill(~mask, 0.0))
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor
 
@@ -28,10 +30,12 @@ def sampling_logits(logits: Tensor, temperature: float, top_k: int, top_p: float
     return logits
 
 
-def truncated_scores(logits: Tensor, tokens: Tensor) -> Scores:
-    """Log-probs of ``tokens`` ``[...]`` and entropies under sampling logits ``[..., V]`` with -inf entries."""
+def truncated_scores(logits: Tensor, tokens: Tensor, entropy_grad: bool = False) -> Scores:
+    """Log-probs of ``tokens`` ``[...]`` and entropies under sampling logits ``[..., V]`` with -inf entries
+    (the entropies differentiable with ``entropy_grad``)."""
     log_p = torch.log_softmax(logits, dim=-1)  # [..., V], -inf outside the kept set
-    with torch.no_grad():  # a diagnostic: no [..., V] tensors saved for backward; 0 · log 0 = 0
+    # a diagnostic keeps no [..., V] tensor for backward; 0 · log 0 = 0 (and so is its gradient)
+    with nullcontext() if entropy_grad else torch.no_grad():
         entropy = -(log_p.exp() * log_p.masked_fill(logits == float("-inf"), 0.0)).sum(-1)
     return Scores(log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy)
 

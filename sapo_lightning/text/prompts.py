@@ -43,6 +43,19 @@ class Prompts:
         """The same prompts with their tensors on ``device`` (Lightning moves batches this way)."""
         return Prompts(self.input_ids.to(device), self.attention_mask.to(device), self.texts, self.columns)
 
+    @classmethod
+    def cat(cls, parts: list[Prompts]) -> Prompts:
+        """The batches one after another, left-padded to the widest; the added columns are masked out
+        (attention 0, id 0), so no position or attention of a prompt changes."""
+        width = max(part.input_ids.shape[1] for part in parts)
+
+        def padded(t: Tensor) -> Tensor:  # [b, P_part] -> [b, width]
+            return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=0)
+
+        columns = {name: [v for part in parts for v in part.columns[name]] for name in parts[0].columns}
+        return cls(torch.cat([padded(p.input_ids) for p in parts]), torch.cat([padded(p.attention_mask) for p in parts]),
+                   [text for part in parts for text in part.texts], columns)
+
     def __getitem__(self, index: slice) -> Prompts:
         """The prompts of a slice of the batch."""
         if not isinstance(index, slice):
