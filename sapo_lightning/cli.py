@@ -147,9 +147,9 @@ def check_yaml_files(args: list[str]) -> None:
         try:
             text = Path(path).read_text()
         except (OSError, ValueError):
-            if not Path(path).exists() and not isinstance(_yaml_or_none(path), dict):
-                missing_path("--config", path)
-            continue  # YAML text given in place of a file: jsonargparse reads it
+            if isinstance(_yaml_or_none(path), dict):
+                continue  # YAML text given in place of a file (compare's cells): jsonargparse reads it
+            missing_path("--config", path)
         try:
             yaml.safe_load(text)
         except yaml.YAMLError as err:
