@@ -109,7 +109,7 @@ class SAPOCLI(LightningCLI):
             config["ckpt_path"] = find_last(root)
             if config["ckpt_path"] is None:
                 rank_zero_warn(f"--ckpt_path last: no last.ckpt under {root}; starting a new run")
-        elif config.get("ckpt_path") is not None and not Path(config["ckpt_path"]).is_file():
+        elif config.get("ckpt_path") is not None and not Path(config["ckpt_path"]).exists():  # sharded: a directory
             missing_path("ckpt_path", config["ckpt_path"])
 
 
