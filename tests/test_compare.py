@@ -12,7 +12,7 @@ import yaml
 from sapo_lightning.cli import main as cli_main
 from sapo_lightning.compare import main
 from sapo_lightning.compare.runner import check_cell, read_scalars
-from sapo_lightning.compare.stats import mean_ci, seed_band, summarise_run, t_quantile, trailing_mean
+from sapo_lightning.compare.stats import final_values, mean_ci, seed_band, summarise_run, t_quantile, trailing_mean
 from sapo_lightning.compare.study import check_study, compose_cells, resolve_objective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +95,12 @@ def test_a_narrow_band_is_the_ci_itself_and_one_seed_is_the_line():
     assert seed_band([]) == ([], [], [], [])
 
 
+def test_final_values_are_the_last_logged_points_and_nan_where_never_logged():
+    scalars = {"val/exact_match": ([5, 11], [0.25, 0.5]), "train/reward": ([0, 1, 2], [0.1, 0.2, 0.3])}
+    finals = final_values(scalars, ["val/exact_match", "val/nope"])
+    assert finals["val/exact_match"] == 0.5 and math.isnan(finals["val/nope"])
+
+
 # -- composing cells -------------------------------------------------------------------------
 def composed_objective(tmp_path: Path, capsys, objective: dict) -> dict:
     """The ``model.objective`` LightningCLI composes for a cell on a SAPO base with non-default init_args."""
@@ -129,7 +135,7 @@ def test_the_shipped_studies_compose_into_fit_configs(name, monkeypatch, tmp_pat
     monkeypatch.chdir(ROOT)  # their task configs are paths from the repository root
     spec = yaml.safe_load((ROOT / "configs" / "studies" / f"{name}.yaml").read_text())
     check_study(spec["name"], spec["tasks"], spec["objectives"], spec["seeds"], spec["overrides"], spec["threshold"],
-                spec["margin"], spec["window"], spec["workers"])
+                spec["margin"], spec["window"], spec["workers"], spec.get("report", []))
     objectives = {o: resolve_objective(o, s) for o, s in spec["objectives"].items()}
     cells = compose_cells(spec["tasks"], objectives, spec["seeds"], spec["overrides"], tmp_path / name)
     assert len(cells) == len(spec["tasks"]) * len(objectives) * len(spec["seeds"])
@@ -155,6 +161,8 @@ STUDY = {
     "margin": 0.1,
     "window": 2,
     "workers": 1,
+    # at validation only (TensorBoard steps 5 and 11); every 3 steps (4 points); never logged
+    "report": ["val/exact_match", "train/approx_kl", "val/nope"],
 }
 
 
@@ -189,6 +197,25 @@ def test_tiny_grid_writes_a_table_per_task_with_a_row_per_objective(study):
 
 
 @pytest.mark.slow
+def test_report_tags_are_columns_of_their_runs_last_logged_values(study):
+    summary = (study / "summary.md").read_text()
+    assert "| final entropy | final val/exact_match | final train/approx_kl | final val/nope |" in summary
+    rows = [line.split("|") for line in summary.splitlines() if line.startswith("| sapo")]
+    with open(study / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    for row, objective in zip(rows, ["sapo", "sapo-sym"]):
+        logs = [read_scalars(study / "runs" / "seed" / objective / f"seed{seed}") for seed in (0, 1)]
+        assert [log["val/exact_match"][0] for log in logs] == [[5, 11], [5, 11]]
+        assert [log["train/approx_kl"][0] for log in logs] == [[2, 5, 8, 11], [2, 5, 8, 11]]
+        for column, tag in ((8, "val/exact_match"), (9, "train/approx_kl")):
+            last = [log[tag][1][-1] for log in logs]
+            assert [float(r[tag]) for r in runs if r["objective"] == objective] == pytest.approx(last)
+            assert row[column].strip() == "{:.3f} ± {:.3f}".format(*mean_ci(last))
+        assert row[10].strip() == "–"  # no run logged val/nope
+    assert all(r["val/nope"] == "nan" for r in runs)
+
+
+@pytest.mark.slow
 def test_tiny_grid_writes_plots_or_says_how_to_get_them(study):
     summary = (study / "summary.md").read_text()
     try:
@@ -196,7 +223,10 @@ def test_tiny_grid_writes_plots_or_says_how_to_get_them(study):
     except ImportError:
         assert "pip install 'sapo-lightning[plot]'" in summary
     else:
-        assert (study / "seed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        png = (study / "seed.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        # 4 panels, the gate mean and 3 report tags: two rows of 4 at 4 inches x 100 dpi
+        assert int.from_bytes(png[20:24], "big") == 800
         assert "95% CI clipped to the seeds' min-max" in summary
 
 
@@ -229,7 +259,7 @@ def test_compare_help_documents_its_options(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     for option in ("--config", "--tasks", "--objectives", "--seeds", "--overrides", "--threshold", "--margin",
-                   "--workers", "--out"):
+                   "--report", "--workers", "--out"):
         assert option in out
     assert "running best" in out  # the docstring is the help
 
@@ -245,6 +275,8 @@ def test_compare_help_documents_its_options(capsys):
     (["--tasks", "{t: {config: nowhere.yaml}}"], "tasks.t.config must be an existing fit config"),
     (["--overrides", "{model.objective.init_args.tau_neg: 2}"], "overrides keys must be other than model.objective"),
     (["--overrides", "{trainer.max_stepz: 6}"], "tasks.seed does not compose into a fit config: "),
+    (["--report", "[val/reward, val/reward]"], "report must be a list of distinct TensorBoard scalar tags"),
+    (["--report", "val/reward"], 'Parser key "report"'),
 ])
 def test_bad_study_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     path = tmp_path / "study.yaml"

@@ -11,6 +11,7 @@ A study is a YAML file (see ``configs/studies/``)::
     overrides: {trainer.max_steps: 300}   # dotted keys applied to every cell, before the task's
     threshold: 0.5                        # reward a run must reach (steps-to-threshold)
     margin: 0.1                           # collapse margin below the running best
+    report: [val/exact_match]             # more tags: each run's last logged value, a column and a panel each
 
 Every cell (task, objective, seed) is ``sapo-lightning fit --config <task config> --config
 configs/<task>/<objective>/seed<k>.yaml``: LightningCLI applies the overlay, which holds the
@@ -31,6 +32,7 @@ already the mean over the steps since the previous log point):
   s_j < B_j − margin for every later j, up to the end. A run collapsed iff final < best − margin;
   its collapse step is the first t_k from which that holds.
 - final entropy: the trailing mean of ``train/entropy`` at the last log point.
+- a ``report`` tag: its last logged value, unsmoothed (NaN, "–" in the table, where never logged).
 
 Each table cell is the mean ± the 95% Student-t confidence half-width over seeds. Each plot
 shows the mean over seeds at every step logged by all of them, and a band: that 95% interval

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.compare.report import BAND, ENTROPY, PLOT_HINT, plot_task, table, write_csv
 from sapo_lightning.compare.runner import check_cell, run_cells
-from sapo_lightning.compare.stats import RunSummary, summarise_run
+from sapo_lightning.compare.stats import RunSummary, final_values, summarise_run
 from sapo_lightning.compare.study import check_study, compose_cells, resolve_objective
 
 DESCRIPTION = "run a study (objectives x seeds x tasks, a YAML like configs/studies/*.yaml) and summarise it"
@@ -29,6 +30,7 @@ def compare(
     margin: float = 0.1,
     window: int = 5,
     metric: str = "train/reward",
+    report: list[str] = [],  # noqa: B006 (jsonargparse shows it in --help)
     workers: int = 2,
     out: str = "lightning_logs/compare",
     overwrite: bool = False,
@@ -39,8 +41,9 @@ def compare(
     holds the study's overrides, then the task's, then the cell's objective, seed and logger.
     Writes to ``<out>/<name>/``: ``summary.md`` (a table per task, an objective per row, mean ±
     95% CI over seeds), ``runs.csv`` (one row per run, with its command), ``<task>.png``
-    (reward, entropy, approx KL and gate/clip fraction against step, a line and a band per
-    objective, the band a 95% CI clipped to the seeds' min-max; needs the ``plot`` extra),
+    (reward, entropy, approx KL, gate/clip fraction, the gate mean where logged and each
+    ``report`` tag against step, a line and a band per objective, the band a 95% CI clipped to
+    the seeds' min-max; needs the ``plot`` extra),
     ``configs/<task>/<objective>/seed<k>.yaml`` (the overlays), ``runs/`` (the TensorBoard
     logs everything is read from) and ``study.yaml``. Nothing is written, and an existing
     ``<out>/<name>/`` is kept, until the whole study is known to be valid.
@@ -60,13 +63,16 @@ def compare(
             below its running best (>= 0).
         window: Logged points in the trailing mean that smooths every series (>= 1).
         metric: The TensorBoard tag used as reward (``train/reward`` or ``val/reward``).
+        report: More TensorBoard tags to report, e.g. ``[val/exact_match]``: each run's last
+            logged value, a column each in the table (mean ± 95% CI; "–" where no run logged
+            it) and in ``runs.csv``, and a panel each in the plot.
         workers: Parallel worker processes, each running its cells one after another with one
             torch thread (default 2: the machine's cores).
         out: Parent directory of the study's output.
         overwrite: Replace an existing ``<out>/<name>/``; otherwise refuse to touch it.
     """
     overrides = overrides or {}
-    check_study(name, tasks, objectives, seeds, overrides, threshold, margin, window, workers)
+    check_study(name, tasks, objectives, seeds, overrides, threshold, margin, window, workers, report)
     root = Path(out) / name
     if root.exists() and not overwrite:
         raise ConfigError(f"{root} exists: pass --overwrite true to replace it, or another --name")
@@ -82,7 +88,7 @@ def compare(
         cell.log_dir.mkdir(parents=True, exist_ok=True)
     (root / "study.yaml").write_text(yaml.safe_dump({
         "name": name, "tasks": tasks, "objectives": objectives, "seeds": seeds, "overrides": overrides,
-        "threshold": threshold, "margin": margin, "window": window, "metric": metric,
+        "threshold": threshold, "margin": margin, "window": window, "metric": metric, "report": report,
     }, sort_keys=False))
     print(f"compare {name}: {len(tasks)} task(s) x {len(objectives)} objective(s) x {len(seeds)} seed(s) = "
           f"{len(cells)} runs on {workers} worker(s) -> {root}", flush=True)
@@ -95,10 +101,11 @@ def compare(
         s = scalars[cell.label]
         steps, reward = s.get(metric, ([], []))
         run = summarise_run(steps, reward, s.get(ENTROPY, ([], []))[1], threshold, margin, window)
+        run = replace(run, reported=final_values(s, report))
         results.setdefault(cell.task, {}).setdefault(cell.objective, []).append(run)
         series.setdefault(cell.task, {}).setdefault(cell.objective, []).append(s)
         rows.append((cell.task, cell.objective, cell.seed, run, str(cell.overlay_path), cell.command))
-    write_csv(root / "runs.csv", rows)
+    write_csv(root / "runs.csv", rows, report)
 
     try:
         import matplotlib  # noqa: F401
@@ -110,12 +117,14 @@ def compare(
              f"{len(seeds)} seeds per cell; reward = `{metric}`, smoothed by a trailing mean over {window} log "
              f"points; threshold {threshold}; collapse margin {margin}. Mean ± 95% CI (Student t) over seeds. "
              "Steps are TensorBoard steps (optimizer steps - 1).", ""]
+    if report:
+        lines += ["Final " + ", ".join(f"`{tag}`" for tag in report) + ": each run's last logged value.", ""]
     if plots:
         lines += [f"Plots: {BAND}.", ""]
     for task, by_objective in results.items():
-        lines += [f"## {task}", "", *table(by_objective), ""]
+        lines += [f"## {task}", "", *table(by_objective, report), ""]
         if plots:
-            plot_task(task, series[task], metric, root / f"{task}.png")
+            plot_task(task, series[task], metric, root / f"{task}.png", report)
             lines += [f"![{task}]({task}.png)", ""]
     if not plots:
         lines += [f"No plots: {PLOT_HINT}", ""]

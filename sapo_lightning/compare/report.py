@@ -10,6 +10,7 @@ from sapo_lightning.compare.stats import RunSummary, mean_ci, seed_band
 
 ENTROPY, APPROX_KL = "train/entropy", "train/approx_kl"
 SOFT_CLIP, CLIP_LOW, CLIP_HIGH = "train/soft_clip_frac", "train/clip_frac_low", "train/clip_frac_high"
+GATE = "train/gate_mean"
 CSV_FIELDS = ("task", "objective", "seed", "steps_to_threshold", "final", "best", "collapse_step", "final_entropy",
               "config", "command")
 #: What a plot's band is; the plot's title and summary.md say it.
@@ -25,11 +26,12 @@ def fmt(mean: float, half: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
 
-def table(rows: dict[str, list[RunSummary]]) -> list[str]:
-    """One Markdown table: a row per objective, mean ± 95% CI over its seeds."""
+def table(rows: dict[str, list[RunSummary]], report: list[str]) -> list[str]:
+    """One Markdown table: a row per objective, mean ± 95% CI over its seeds; a column per ``report`` tag."""
     lines = [
-        "| objective | reached | steps to threshold | final reward | best reward | collapses | final entropy |",
-        "|---|---|---|---|---|---|---|",
+        "| objective | reached | steps to threshold | final reward | best reward | collapses | final entropy |"
+        + "".join(f" final {tag} |" for tag in report),
+        "|---|---|---|---|---|---|---|" + "---|" * len(report),
     ]
     for objective, runs in rows.items():
         n = len(runs)
@@ -38,18 +40,22 @@ def table(rows: dict[str, list[RunSummary]]) -> list[str]:
             f"| {objective} | {len(reached)}/{n} | {fmt(*mean_ci(reached), 0)} "
             f"| {fmt(*mean_ci([r.final for r in runs]), 3)} | {fmt(*mean_ci([r.best for r in runs]), 3)} "
             f"| {sum(r.collapsed for r in runs)}/{n} | {fmt(*mean_ci([r.final_entropy for r in runs]), 3)} |"
+            + "".join(f" {fmt(*mean_ci([r.reported[tag] for r in runs]), 3)} |" for tag in report)
         )
     return lines
 
 
-def write_csv(path: Path, rows: list[tuple[str, str, int, RunSummary, str, str]]) -> None:
-    """One row per run: (task, objective, seed, summary, its overlay config, the command that reruns it)."""
+def write_csv(path: Path, rows: list[tuple[str, str, int, RunSummary, str, str]], report: list[str]) -> None:
+    """One row per run: (task, objective, seed, summary, its overlay config, the command that reruns it).
+
+    After those, a column per ``report`` tag (named by the tag): the run's last logged value.
+    """
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(CSV_FIELDS)
+        writer.writerow([*CSV_FIELDS, *report])
         for task, objective, seed, r, config, command in rows:
             writer.writerow([task, objective, seed, r.steps_to_threshold, r.final, r.best, r.collapse_step,
-                             r.final_entropy, config, command])
+                             r.final_entropy, config, command, *(r.reported[tag] for tag in report)])
 
 
 def clip_fraction(scalars: dict) -> tuple[list[int], list[float]] | None:
@@ -62,8 +68,9 @@ def clip_fraction(scalars: dict) -> tuple[list[int], list[float]] | None:
     return None
 
 
-def plot_task(task: str, series: dict[str, list[dict]], metric: str, path: Path) -> None:
-    """Reward, entropy, approx KL and clip fraction against step: a line and a band (:data:`BAND`) per objective."""
+def plot_task(task: str, series: dict[str, list[dict]], metric: str, path: Path, report: list[str]) -> None:
+    """Reward, entropy, approx KL, clip fraction, the SAPO gate mean (where logged) and each ``report`` tag
+    against step: a line and a band (:data:`BAND`) per objective, four panels a row."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,18 +78,27 @@ def plot_task(task: str, series: dict[str, list[dict]], metric: str, path: Path)
 
     panels = [(metric, metric), (ENTROPY, "entropy"), (APPROX_KL, "approx KL"),
               ("clip", "soft clip (w<0.5) / clip fraction")]
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-    for ax, (tag, title) in zip(axes, panels):
+    if any(GATE in s for runs in series.values() for s in runs):
+        panels.append((GATE, "gate mean"))
+    panels += [(tag, tag) for tag in report]
+    rows = math.ceil(len(panels) / 4)
+    fig, axes = plt.subplots(rows, 4, figsize=(18, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (tag, title) in zip(axes.flat, panels):
         for objective, runs in series.items():
             curves = [clip_fraction(s) if tag == "clip" else s.get(tag) for s in runs]
             steps, mean, low, high = seed_band([c for c in curves if c])
             if not steps:
                 continue
-            (line,) = ax.plot(steps, mean, label=objective)
+            # val/* tags hold a point per validation only: markers keep a short series visible
+            (line,) = ax.plot(steps, mean, label=objective, marker="o" if len(steps) <= 20 else None)
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title)
         ax.set_xlabel("step")
-    axes[0].legend()
+    axes.flat[0].legend()
     fig.suptitle(f"{task}: {BAND}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

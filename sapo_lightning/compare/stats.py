@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 #: Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30.
 T975 = (
@@ -48,6 +48,7 @@ class RunSummary:
     best: float
     collapse_step: float  # NaN: no collapse
     final_entropy: float
+    reported: dict[str, float] = field(default_factory=dict)  # tag -> its last logged value (NaN: never logged)
 
     @property
     def collapsed(self) -> bool:
@@ -71,6 +72,11 @@ def summarise_run(
             break
     final_entropy = trailing_mean(entropy, window)[-1] if entropy else math.nan
     return RunSummary(reached, s[-1], max(s), collapse, final_entropy)
+
+
+def final_values(scalars: Mapping[str, tuple[Sequence[int], Sequence[float]]], tags: Iterable[str]) -> dict[str, float]:
+    """The last logged value of each tag; NaN for a tag the run never logged."""
+    return {tag: scalars[tag][1][-1] if tag in scalars and scalars[tag][1] else math.nan for tag in tags}
 
 
 def seed_band(

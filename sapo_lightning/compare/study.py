@@ -55,7 +55,7 @@ class Cell:
 
 def check_study(
     name: str, tasks: dict, objectives: dict, seeds: list[int], overrides: dict, threshold: float, margin: float,
-    window: int, workers: int,
+    window: int, workers: int, report: list[str],
 ) -> None:
     """Raise :class:`ConfigError` naming the first field out of its range (the objectives: see :func:`resolve_objective`)."""
     if not name or "/" in name or name in (".", ".."):
@@ -79,6 +79,9 @@ def check_study(
     check_number("margin", margin, low=0)
     check_int("window", window, low=1)
     check_int("workers", workers, low=1)
+    if not isinstance(report, list) or not all(isinstance(tag, str) and tag for tag in report) \
+            or len(set(report)) != len(report):
+        fail("report", "a list of distinct TensorBoard scalar tags, e.g. [val/exact_match]", report)
 
 
 def check_overrides(name: str, overrides: Any) -> None:
