@@ -3,6 +3,7 @@
 import copy
 import json
 import logging
+import re
 import runpy
 from collections import Counter
 from pathlib import Path
@@ -375,3 +376,19 @@ def test_demo_data_is_what_make_writes_split_by_word_length(tmp_path):
     assert lengths["val.jsonl"] == {1: 1, 2: 12, 3: 78, 4: 145, 5: 164}
     for length, held in lengths["val.jsonl"].items():
         assert abs(held - (held + lengths["train.jsonl"][length]) / 11) < 1
+
+
+def test_arithmetic_data_is_what_make_writes_disjoint_with_256_validation_sums(tmp_path):
+    # data/arithmetic/make.py (the SmolLM2 recipe's prompts) writes beside itself: a copy in tmp_path
+    data = ASSETS.parents[2] / "data" / "arithmetic"
+    (tmp_path / "make.py").write_text((data / "make.py").read_text())
+    runpy.run_path(str(tmp_path / "make.py"), run_name="__main__")
+    for name in ("train.jsonl", "val.jsonl"):
+        assert (tmp_path / name).read_text() == (data / name).read_text()
+    rows = {name: [json.loads(line) for line in open(data / name)] for name in ("train.jsonl", "val.jsonl")}
+    pairs = {name: [tuple(map(int, re.findall(r"\d+", row["prompt"]))) for row in found] for name, found in rows.items()}
+    assert len(set(pairs["val.jsonl"])) == 256 and len(set(pairs["train.jsonl"])) == 4096
+    assert not set(pairs["val.jsonl"]) & set(pairs["train.jsonl"])
+    for name, found in rows.items():
+        for (a, b), row in zip(pairs[name], found):
+            assert 10 <= a <= 99 and 10 <= b <= 99 and row["answer"] == a + b  # no operand equals the sum
