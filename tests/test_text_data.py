@@ -360,13 +360,17 @@ def test_shipped_ascii_tokenizer_equals_a_fresh_one():
     assert [getattr(shipped, name) for name in special] == [getattr(fresh, name) for name in special]
 
 
-def test_demo_data_is_what_make_writes_split_by_word_length(tmp_path):
-    # data/text_demo/make.py writes beside itself: run a copy in tmp_path and compare with the shipped files
-    demo = ASSETS.parents[2] / "data" / "text_demo"
-    (tmp_path / "make.py").write_text((demo / "make.py").read_text())
+def assert_make_writes_the_shipped_files(folder: Path, tmp_path: Path) -> None:
+    """A data folder's make.py writes beside itself: a copy run in tmp_path writes the shipped files byte for byte."""
+    (tmp_path / "make.py").write_text((folder / "make.py").read_text())
     runpy.run_path(str(tmp_path / "make.py"), run_name="__main__")
     for name in ("train.jsonl", "val.jsonl"):
-        assert (tmp_path / name).read_text() == (demo / name).read_text()
+        assert (tmp_path / name).read_text() == (folder / name).read_text()
+
+
+def test_demo_data_is_what_make_writes_split_by_word_length(tmp_path):
+    demo = ASSETS.parents[2] / "data" / "text_demo"
+    assert_make_writes_the_shipped_files(demo, tmp_path)
     rows = {name: [json.loads(line) for line in open(demo / name)] for name in ("train.jsonl", "val.jsonl")}
     pairs = {name: {(row["op"], row["prompt"].split(": ", 1)[1]) for row in found} for name, found in rows.items()}
     assert len(pairs["train.jsonl"]) == 4000 and len(pairs["val.jsonl"]) == 400  # unique pairs
@@ -379,12 +383,8 @@ def test_demo_data_is_what_make_writes_split_by_word_length(tmp_path):
 
 
 def test_arithmetic_data_is_what_make_writes_disjoint_with_256_validation_sums(tmp_path):
-    # data/arithmetic/make.py (the SmolLM2 recipe's prompts) writes beside itself: a copy in tmp_path
-    data = ASSETS.parents[2] / "data" / "arithmetic"
-    (tmp_path / "make.py").write_text((data / "make.py").read_text())
-    runpy.run_path(str(tmp_path / "make.py"), run_name="__main__")
-    for name in ("train.jsonl", "val.jsonl"):
-        assert (tmp_path / name).read_text() == (data / name).read_text()
+    data = ASSETS.parents[2] / "data" / "arithmetic"  # the SmolLM2 recipe's prompts
+    assert_make_writes_the_shipped_files(data, tmp_path)
     rows = {name: [json.loads(line) for line in open(data / name)] for name in ("train.jsonl", "val.jsonl")}
     pairs = {name: [tuple(map(int, re.findall(r"\d+", row["prompt"]))) for row in found] for name, found in rows.items()}
     assert len(set(pairs["val.jsonl"])) == 256 and len(set(pairs["train.jsonl"])) == 4096
