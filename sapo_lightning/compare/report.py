@@ -80,20 +80,21 @@ def plot_task(task: str, series: dict[str, list[dict]], metric: str, path: Path,
               ("clip", "soft clip (w<0.5) / clip fraction")]
     if any(GATE in s for runs in series.values() for s in runs):
         panels.append((GATE, "gate mean"))
-    panels += [(tag, tag) for tag in report]
+    panels += [(tag, tag) for tag in report if tag not in (tag for tag, _ in panels)]
     rows = math.ceil(len(panels) / 4)
     fig, axes = plt.subplots(rows, 4, figsize=(18, 4 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (tag, title) in zip(axes.flat, panels):
-        for objective, runs in series.items():
+        for index, (objective, runs) in enumerate(series.items()):
             curves = [clip_fraction(s) if tag == "clip" else s.get(tag) for s in runs]
             steps, mean, low, high = seed_band([c for c in curves if c])
             if not steps:
                 continue
+            color = f"C{index % 10}"  # an objective's colour in every panel, also where others did not log the tag
             # val/* tags hold a point per validation only: markers keep a short series visible
-            (line,) = ax.plot(steps, mean, label=objective, marker="o" if len(steps) <= 20 else None)
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+            ax.plot(steps, mean, label=objective, color=color, marker="o" if len(steps) <= 20 else None)
+            ax.fill_between(steps, low, high, color=color, alpha=0.2)
         if not ax.lines:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title)
