@@ -193,10 +193,6 @@ def main(args: list[str] | None = None) -> None:
         _exit_with(err, 1)
     except NonFiniteTraining as err:  # the run diverged; its checkpoints hold the last finite weights
         _exit_with(err, 1)
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # now, not in Lightning's atexit handler: gloo's threads can abort a process torn down at exit
-            torch.distributed.destroy_process_group()
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:
