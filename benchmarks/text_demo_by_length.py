@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from sapo_lightning.checkpointing import find_last
+from sapo_lightning.loop.checkpointing import find_last
 from sapo_lightning.export import build_module
 
 BATCH = 500  # prompts per greedy decoding call

@@ -6,7 +6,8 @@ from sapo_lightning.data import QueryDataModule
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.module import RLModule
 from sapo_lightning.objectives import CISPO, GRPO, GSPO, SAPO, Objective, ObjectiveOutput, aggregate
-from sapo_lightning.policies import MLPPolicy, Policy, Rollout, Scores
+from sapo_lightning.rollout import Rollout, Scores
+from sapo_lightning.policies import MLPPolicy, Policy
 from sapo_lightning.tasks import FixedTarget, Task
 
 __all__ = [

@@ -11,7 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from sapo_lightning.checks import ConfigError, check_int, fail
-from sapo_lightning.schedule import crossed_multiple
+from sapo_lightning.loop.schedule import crossed_multiple
 
 
 @runtime_checkable

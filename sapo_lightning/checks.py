@@ -19,6 +19,11 @@ class ConfigError(ValueError):
     """A configuration value is out of its allowed range; the message names the option and the range."""
 
 
+class RunFailed(RuntimeError):
+    """A run stopped mid-way for a reason the user can act on (a reward function or an environment raised, the
+    loss diverged): the CLI prints the message as one line and exits 1; the checkpoints written so far stay."""
+
+
 def fail(name: str, requirement: str, value: Any) -> None:
     """Raise the one-line error ``NAME must be REQUIREMENT; got VALUE``."""
     raise ConfigError(f"{name} must be {requirement}; got {value!r}")
@@ -121,3 +126,18 @@ def missing_path(option: str, path: str | os.PathLike, what: str = "file") -> No
     directory it was resolved from (the usual cause: the command was run from another directory)."""
     where = "" if os.path.isabs(path) else f" (relative to the working directory {os.getcwd()})"
     raise ConfigError(f"{option}: no such {what} {os.fspath(path)}{where}")
+
+
+def removed(old: str, new: str, version: str) -> Callable[[str], Any]:
+    """A module ``__getattr__`` under which the class name ``old`` (removed) is a one-line :class:`ConfigError`
+    naming ``new``, its replacement, and the ``version`` in which ``old`` goes away: a config that names it
+    fails as it is parsed."""
+    module, _, name = old.rpartition(".")
+
+    def __getattr__(attribute: str) -> Any:
+        if attribute == name:
+            raise ConfigError(f"{old} is removed (the name goes away in sapo-lightning {version}): use {new}, "
+                              "the one policy for token and text tasks, with the same init_args")
+        raise AttributeError(f"module {module!r} has no attribute {attribute!r}")
+
+    return __getattr__

@@ -18,13 +18,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from sapo_lightning.callbacks import OldPolicySync, ProgressBar
-from sapo_lightning.checkpointing import RunCheckpoint, find_last
-from sapo_lightning.checks import ConfigError, missing_path
+from sapo_lightning.loop.checkpointing import RunCheckpoint, find_last
+from sapo_lightning.checks import ConfigError, RunFailed, missing_path
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.module import RLModule
-from sapo_lightning.nonfinite import NonFiniteTraining
-from sapo_lightning.text.reward_binding import RewardFunctionError
-from sapo_lightning.threads import SMALL_MODEL, set_threads
+from sapo_lightning.loop.threads import SMALL_MODEL, set_threads
 
 #: trainer.precision's values, as the one-line error lists them (Lightning's own spellings)
 def _literals(annotation: Any) -> list:
@@ -47,7 +45,7 @@ CHECKPOINT_DEFAULTS = {
     "checkpoint.filename": "{step}",
     "checkpoint.save_last": True,
     "checkpoint.every_n_train_steps": 500,
-    "trainer.plugins": {"class_path": "sapo_lightning.checkpointing.AtomicCheckpointIO"},
+    "trainer.plugins": {"class_path": "sapo_lightning.loop.checkpointing.AtomicCheckpointIO"},
 }
 
 
@@ -189,9 +187,7 @@ def main(args: list[str] | None = None) -> None:
         _exit_with(err, 2)
     except ArgumentError as err:
         _exit_with(_union_error(err), 2)
-    except RewardFunctionError as err:  # the user's code failed mid-run; the checkpoints written so far stay
-        _exit_with(err, 1)
-    except NonFiniteTraining as err:  # the run diverged; its checkpoints hold the last finite weights
+    except RunFailed as err:  # a reward function or environment raised, or the run diverged; its checkpoints stay
         _exit_with(err, 1)
 
 

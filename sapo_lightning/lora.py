@@ -3,7 +3,7 @@
 Only the adapters train. The rest of the package needs nothing LoRA-specific: a policy whose
 base weights are frozen (``requires_grad`` False) gets π_old and π_ref as snapshots of its
 trainable weights only, and checkpoints without the frozen weights
-(:mod:`sapo_lightning.frozen`, :meth:`~sapo_lightning.module.RLModule.on_save_checkpoint`).
+(:mod:`sapo_lightning.loop.frozen`, :meth:`~sapo_lightning.module.RLModule.on_save_checkpoint`).
 ``peft`` is imported only when a policy is given a ``lora`` section.
 """
 

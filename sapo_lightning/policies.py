@@ -10,29 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from sapo_lightning.checks import check_int, fail
+from sapo_lightning.rollout import Rollout, Scores
 from sapo_lightning.tasks import Task
-
-
-class Rollout(NamedTuple):
-    """Responses sampled for a batch of queries."""
-
-    responses: Tensor  # [N, T] long, padded after EOS
-    log_probs: Tensor  # [N, T] float, log-prob of each sampled token under the sampling policy
-    mask: Tensor  # [N, T] bool, True for real response tokens (EOS included)
-    truncated: Tensor | None = None  # [N] bool, cut at the length bound before its EOS; None: fixed length
-
-
-class Scores(NamedTuple):
-    """Per-token scores of given responses."""
-
-    log_probs: Tensor  # [N, T] float, log π(y_t | q, y_<t)
-    entropy: Tensor  # [N, T] float, entropy of π(· | q, y_<t); differentiable only when scored with entropy_grad
 
 
 class Policy(nn.Module):
@@ -53,38 +37,6 @@ class Policy(nn.Module):
         differentiable; the entropies only with ``entropy_grad`` (an entropy bonus), since their
         gradient keeps ``[N, T, V]`` tensors for the backward pass."""
         raise NotImplementedError
-
-
-def take(values: Any, rows: slice) -> Any:
-    """Rows of a batch (a tensor, Prompts or None); the whole batch for ``slice(None)``."""
-    return values if values is None or rows == slice(None) else values[rows]
-
-
-def take_rollout(rollout: Rollout, rows: slice) -> Rollout:
-    return rollout if rows == slice(None) else Rollout(*(None if t is None else t[rows] for t in rollout))
-
-
-def concat_queries(parts: list[Any]) -> Any:
-    """One batch of queries from consecutive parts: tensors concatenated, Prompts by ``Prompts.cat``."""
-    return torch.cat(parts) if isinstance(parts[0], Tensor) else type(parts[0]).cat(parts)
-
-
-def concat_rollouts(rollouts: list[Rollout], pad_token: int) -> Rollout:
-    """One rollout from the rollouts of consecutive micro-batches, padded to the longest one."""
-    if len(rollouts) == 1:
-        return rollouts[0]
-    length = max(r.responses.shape[1] for r in rollouts)
-
-    def padded(t: Tensor, value: float | bool) -> Tensor:  # [n, T_chunk] -> [n, length]
-        return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
-
-    truncated = None if any(r.truncated is None for r in rollouts) else torch.cat([r.truncated for r in rollouts])
-    return Rollout(
-        torch.cat([padded(r.responses, pad_token) for r in rollouts]),
-        torch.cat([padded(r.log_probs, 0.0) for r in rollouts]),
-        torch.cat([padded(r.mask, False) for r in rollouts]),
-        truncated,
-    )
 
 
 def sample_from_logits(logits: Tensor, generator: torch.Generator | None, greedy: bool) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,8 @@ from torch.utils.checkpoint import checkpoint
 from torch import Tensor, nn
 
 from sapo_lightning.checks import check_int, check_number, check_positive, fail
-from sapo_lightning.policies import Policy, Rollout, Scores, check_token_queries, decode, token_scores
+from sapo_lightning.rollout import Rollout, Scores
+from sapo_lightning.policies import Policy, check_token_queries, decode, token_scores
 from sapo_lightning.tasks import Task
 
 

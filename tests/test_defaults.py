@@ -9,7 +9,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from sapo_lightning import callbacks, module
+from sapo_lightning import callbacks
+from sapo_lightning.loop import guard
 from sapo_lightning.callbacks import ProgressBar
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.cli import SAPOCLI, main
@@ -69,7 +70,7 @@ def test_clipping_with_the_logged_norm_is_lightnings_clipping_bit_for_bit(tmp_pa
         return torch.load(ckpt, weights_only=True)["state_dict"]
 
     shortcut = fit(tmp_path / "shortcut")
-    monkeypatch.setattr(module, "Precision", type("NotThePlugin", (), {}))  # take Lightning's clip_gradients
+    monkeypatch.setattr(guard, "Precision", type("NotThePlugin", (), {}))  # take Lightning's clip_gradients
     lightning = fit(tmp_path / "lightning")
     assert shortcut.keys() == lightning.keys()
     assert all(torch.equal(shortcut[k], lightning[k]) for k in shortcut)

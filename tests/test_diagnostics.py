@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.data import QueryDataModule
-from sapo_lightning.metrics import Diagnostics
+from sapo_lightning.loop.metrics import Diagnostics
 from sapo_lightning.module import RLModule
 from sapo_lightning.objectives import SAPO, ObjectiveOutput
 from sapo_lightning.policies import MLPPolicy

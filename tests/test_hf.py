@@ -206,7 +206,7 @@ def test_a_config_naming_a_removed_policy_class_is_one_line_naming_the_new_one(t
         main(["fit", "--config", str(tmp_path / "old.yaml"), "--trainer.default_root_dir", str(tmp_path / "run")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err == (f'sapo-lightning: error: Parser key "model.policy": {old} is removed: use '
+    assert err == (f'sapo-lightning: error: Parser key "model.policy": {old} is removed (the name goes away in sapo-lightning 0.2.0): use '
                    "sapo_lightning.lm.policy.CausalLMPolicy, the one policy for token and text tasks, with the same "
                    "init_args\n")
     assert not (tmp_path / "run").exists()

@@ -14,7 +14,7 @@ from unittest import mock
 import pytest
 import torch
 
-from sapo_lightning.checkpointing import AtomicCheckpointIO
+from sapo_lightning.loop.checkpointing import AtomicCheckpointIO
 from sapo_lightning.cli import main
 
 pytestmark = pytest.mark.slow  # fits killed and resumed in subprocesses

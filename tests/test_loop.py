@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from sapo_lightning import SAPO, ConfigError, FixedTarget, MLPPolicy, QueryDataModule, RLModule
 from sapo_lightning.callbacks import OldPolicySync, SyncsOldPolicy
 from sapo_lightning.cli import main
-from sapo_lightning.schedule import crossed_multiple
+from sapo_lightning.loop.schedule import crossed_multiple
 
 CONFIG = str(Path(__file__).parents[1] / "configs" / "sapo.yaml")
 TASK = FixedTarget([2, 5, 7, 3, 1])
@@ -86,13 +86,14 @@ def test_old_policy_sync_names_the_contract_it_needs():
 def grad_norms(plugins: list) -> list[float]:
     """``grad_norm`` as the module recorded it at each of 3 updates."""
     rl, seen = module(), []
-    measure = rl.on_before_optimizer_step
+    measure = rl.update
 
-    def on_before_optimizer_step(optimizer):
-        measure(optimizer)
-        seen.append(rl.grad_norm.item())
+    def update(*args):
+        metrics = measure(*args)
+        seen.append(metrics["grad_norm"].item())
+        return metrics
 
-    rl.on_before_optimizer_step = on_before_optimizer_step
+    rl.update = update
     trainer(max_steps=3, plugins=plugins).fit(rl, QueryDataModule(TASK, batch_size=2, seed=0))
     return seen
 

@@ -16,7 +16,7 @@ from sapo_lightning import SAPO, QueryDataModule, RLModule
 from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.commands import main
-from sapo_lightning.frozen import WeightSnapshot, evaluating
+from sapo_lightning.loop.frozen import WeightSnapshot, evaluating
 from sapo_lightning.lm.policy import CausalLMPolicy
 from sapo_lightning.tasks import Copy
 

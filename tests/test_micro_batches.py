@@ -7,7 +7,7 @@ from lightning.pytorch import Callback, Trainer
 from sapo_lightning import CISPO, GRPO, GSPO, SAPO, ConfigError, FixedTarget, MLPPolicy, QueryDataModule, RLModule
 from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.objectives import AGGREGATIONS, aggregate, k3_kl, micro_batch_share
-from sapo_lightning.policies import Rollout
+from sapo_lightning.rollout import Rollout
 
 TASK = FixedTarget([2, 5, 7, 3, 1])
 EOS = 0

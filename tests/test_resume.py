@@ -10,7 +10,7 @@ from unittest import mock
 import pytest
 import torch
 
-from sapo_lightning.checkpointing import AtomicCheckpointIO
+from sapo_lightning.loop.checkpointing import AtomicCheckpointIO
 from sapo_lightning.cli import main
 
 pytestmark = pytest.mark.slow  # pairs of fits compared bit for bit
@@ -173,3 +173,25 @@ def test_a_run_stopped_mid_rollout_resumes_from_the_rollout_boundary(tmp_path, e
         events = EventAccumulator(str(run_dir(tmp_path, 0).parent))
         events.Reload()
         assert max(e.value for e in events.Scalars("train/groups_drawn")) > 8
+
+
+def test_a_checkpoint_of_version_0_1_0_resumes_exactly(tmp_path):
+    """tests/data/seed_step6_v0.1.0.ckpt was saved by sapo-lightning 0.1.0 (before the loop's internals moved
+    to sapo_lightning.loop), `fit --config configs/sapo.yaml --trainer.max_steps=6`: resumed to step 10, it
+    gives this version's uninterrupted 10 steps bit for bit."""
+    old = Path(__file__).parent / "data" / "seed_step6_v0.1.0.ckpt"
+    zeroed = load(old)  # the same checkpoint with its policy's weights zeroed: resuming must read the file
+    zeroed["state_dict"] = {k: v.zero_() if k.startswith("policy.") else v for k, v in zeroed["state_dict"].items()}
+    torch.save(zeroed, tmp_path / "zeroed.ckpt")
+    plain = ["--trainer.enable_progress_bar=false"]
+    runs = ((tmp_path / "straight", None), (tmp_path / "resumed", str(old)), (tmp_path / "zeroed", str(tmp_path / "zeroed.ckpt")))
+    for root, ckpt in runs:
+        with mock.patch.object(sys, "argv", ["sapo-lightning"]):
+            main(["fit", f"--config={CONFIG}", f"--trainer.default_root_dir={root}", "--trainer.max_steps=10",
+                  *plain, *([f"--ckpt_path={ckpt}"] if ckpt else [])])
+    straight = load(run_dir(tmp_path / "straight", 0) / "step=10.ckpt")["state_dict"]
+    resumed = load(run_dir(tmp_path / "resumed", 0) / "step=10.ckpt")["state_dict"]
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    from_zeroed = load(run_dir(tmp_path / "zeroed", 0) / "step=10.ckpt")["state_dict"]
+    assert not all(torch.equal(straight[k], from_zeroed[k]) for k in straight)

@@ -11,7 +11,8 @@ import huggingface_hub.constants  # a dependency of transformers
 
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.lm.policy import CausalLMPolicy
-from sapo_lightning.text.prompts import Prompts, pad_left
+from sapo_lightning.rollout import Prompts
+from sapo_lightning.text.prompts import pad_left
 from sapo_lightning.lm.sampling import sampling_logits
 from sapo_lightning.text.task import PromptTask
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.cli import main
-from sapo_lightning.threads import SMALL_MODEL, choose_threads, set_threads
+from sapo_lightning.loop.threads import SMALL_MODEL, choose_threads, set_threads
 
 SAPO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "sapo.yaml")
 

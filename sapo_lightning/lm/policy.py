@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,11 @@ from sapo_lightning.lm.model import cache_argument, load_causal_lm, takes_logits
 from sapo_lightning.lm.prefill import can_share_prompts_in_training, prefill_once, prompt_group
 from sapo_lightning.lm.sampling import response_mask, sampling_logits, truncated_scores
 from sapo_lightning.lora import LoRA, is_peft_model
-from sapo_lightning.policies import Policy, Rollout, Scores, check_token_queries, decode
+from sapo_lightning.rollout import Rollout, Scores
+from sapo_lightning.policies import Policy, check_token_queries, decode
 from sapo_lightning.pretrained import resolve
 from sapo_lightning.tasks import Task
-from sapo_lightning.text.prompts import Prompts
+from sapo_lightning.rollout import Prompts
 
 
 class CausalLMPolicy(Policy):
@@ -326,17 +326,3 @@ def _token_ids_from_tokenizer(task: Task, path: str) -> list[int]:
             fail("tokenizer", requirement, tokenizer.convert_ids_to_tokens(encoded))
         ids.append(encoded[0])
     return ids
-
-
-def removed(old: str) -> Callable[[str], Any]:
-    """A module ``__getattr__`` under which the class name ``old`` (a removed policy) is a one-line
-    :class:`ConfigError` naming :class:`CausalLMPolicy`: an old config that names it fails as it is parsed."""
-    module, _, name = old.rpartition(".")
-
-    def __getattr__(attribute: str) -> Any:
-        if attribute == name:
-            raise ConfigError(f"{old} is removed: use {CausalLMPolicy.__module__}.CausalLMPolicy, the one policy "
-                              "for token and text tasks, with the same init_args")
-        raise AttributeError(f"module {module!r} has no attribute {attribute!r}")
-
-    return __getattr__

@@ -7,7 +7,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor
 
-from sapo_lightning.policies import Scores
+from sapo_lightning.rollout import Scores
 
 
 def sampling_logits(logits: Tensor, temperature: float, top_k: int, top_p: float) -> Tensor:

@@ -18,7 +18,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from sapo_lightning.checks import ConfigError, check_choice, check_int, check_number, fail, missing_path
 from sapo_lightning.pretrained import resolve
 from sapo_lightning.seeds import derive_seed
-from sapo_lightning.text.prompts import Prompts, pad_left
+from sapo_lightning.rollout import Prompts
+from sapo_lightning.text.prompts import pad_left
 
 EPOCH_STREAM = 10  # derive_seed stream of each epoch's permutation of the training rows
 SPLIT_STREAM = 11  # derive_seed stream of the train/validation split of train_file

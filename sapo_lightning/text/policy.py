@@ -1,6 +1,6 @@
 """Where the text tasks' ``CausalLMPolicy`` was: a config that names it here fails in one line naming
 :class:`~sapo_lightning.lm.policy.CausalLMPolicy`, which serves token tasks and text tasks alike."""
 
-from sapo_lightning.lm.policy import removed
+from sapo_lightning.checks import removed
 
-__getattr__ = removed("sapo_lightning.text.policy.CausalLMPolicy")
+__getattr__ = removed("sapo_lightning.text.policy.CausalLMPolicy", "sapo_lightning.lm.policy.CausalLMPolicy", "0.2.0")

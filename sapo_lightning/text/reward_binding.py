@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sapo_lightning.checks import ConfigError, check_number, fail
+from sapo_lightning.checks import ConfigError, RunFailed, check_number, fail
 from sapo_lightning.tasks import Rewards
 from sapo_lightning.text.rewards import ARG_CHECKS
 
@@ -81,7 +81,7 @@ class RewardSpec:
     args: dict[str, Any] | None = None
 
 
-class RewardFunctionError(RuntimeError):
+class RewardFunctionError(RunFailed):
     """A reward function failed or returned something other than N numbers or None; one line naming it."""
 
 

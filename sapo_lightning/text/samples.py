@@ -9,7 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from sapo_lightning.checks import check_int, fail
-from sapo_lightning.schedule import crossed_multiple
+from sapo_lightning.loop.schedule import crossed_multiple
 
 
 class TextSamples(Callback):

@@ -11,7 +11,7 @@ from torch import Tensor
 from sapo_lightning.checks import check_int, check_number
 from sapo_lightning.tasks import Rewards, Task
 from sapo_lightning.text.dataset import PromptDataset
-from sapo_lightning.text.prompts import Prompts
+from sapo_lightning.rollout import Prompts
 from sapo_lightning.text.reward_binding import RewardFunctions, RewardSpec
 
 

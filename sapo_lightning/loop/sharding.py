@@ -18,7 +18,7 @@ from __future__ import annotations
 from torch import nn
 
 from sapo_lightning.checks import ConfigError
-from sapo_lightning.frozen import Frozen, WeightSnapshot
+from sapo_lightning.loop.frozen import Frozen, WeightSnapshot
 from sapo_lightning.policies import Policy
 
 
@@ -52,7 +52,7 @@ def shard(policy: nn.Module, mesh, frozen: bool = False) -> None:
 
 def shard_with_copies(policy: nn.Module, copies: tuple[Frozen, ...], mesh) -> tuple[Frozen, ...]:
     """Shard ``policy`` and its frozen full copies alike over ``mesh``; the copies to keep in their place
-    (a :class:`~sapo_lightning.frozen.WeightSnapshot` is retaken from the sharded parameters)."""
+    (a :class:`~sapo_lightning.loop.frozen.WeightSnapshot` is retaken from the sharded parameters)."""
     shard(policy, mesh)
     for frozen in copies:
         if isinstance(frozen, Policy):

@@ -26,7 +26,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sapo_lightning.checks import check_int
-from sapo_lightning.schedule import crossed_multiple
+from sapo_lightning.loop.schedule import crossed_multiple
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

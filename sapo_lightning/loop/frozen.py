@@ -100,3 +100,4 @@ def state_from_policy(frozen: Frozen, policy_state: dict[str, torch.Tensor]) -> 
     if isinstance(frozen, WeightSnapshot):
         return {f"w{index}": policy_state[name] for index, name in enumerate(frozen.names)}
     return {} if frozen is None else dict(policy_state)
+

@@ -5,7 +5,7 @@ from the config, so only what trains is saved, with a checksum of the frozen one
 
 Loading (:func:`fit_to_run`): the frozen weights come from the config (refused if they are not
 those the checkpoint was trained on); π_old / π_ref entries are dropped if this run keeps no such
-copy, or taken from the checkpoint's policy if the saving run kept none (see :mod:`sapo_lightning.frozen`).
+copy, or taken from the checkpoint's policy if the saving run kept none (see :mod:`sapo_lightning.loop.frozen`).
 
 State-dict keys are the module's: ``policy.*``, ``old_policy.*``, ``ref_policy.*``.
 """
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sapo_lightning.checks import fail
-from sapo_lightning.frozen import Frozen, state_from_policy
+from sapo_lightning.loop.frozen import Frozen, state_from_policy
 
 
 def frozen_names(policy: nn.Module) -> list[str]:

@@ -1,10 +1,16 @@
-"""Aggregation of per-update diagnostics across steps and ranks."""
+"""What a rollout batch looked like, and the aggregation of per-update diagnostics across steps and ranks."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from sapo_lightning.advantages import GroupAdvantages
+from sapo_lightning.rollout import Rollout
+from sapo_lightning.tasks import Rewards
 
 
 MEAN, MIN, MAX = 0, 1, 2
@@ -99,3 +105,35 @@ class Diagnostics(Metric):
         value = torch.where(kind == MAX, self.high, torch.where(kind == MIN, self.low, self.total / self.count))
         keep = (self.count > 0).tolist()
         return {name: v for name, v, k in zip(self.names, value.float(), keep) if k}
+
+
+def rollout_diagnostics(rewards: Rewards, groups: GroupAdvantages, rollout: Rollout) -> dict[str, Tensor]:
+    """What one rollout batch looked like: rewards, their spread, response lengths."""
+    lengths = rollout.mask.sum(-1).float()  # [N]
+    stats = {
+        "reward": rewards.total.mean(),
+        "reward_std": groups.std.mean(),
+        "zero_adv_frac": groups.zero_signal.float().mean(),
+        "completion_len": lengths.mean(),
+        "completion_len_max": lengths.max(),
+    }
+    if rollout.truncated is not None:
+        stats["truncated_frac"] = rollout.truncated.float().mean()
+    return stats | {f"rewards/{name}": term.nanmean() for name, term in rewards.terms.items()}
+
+
+def log_train_diagnostics(module: Any, diagnostics: Diagnostics, extra: dict[str, float]) -> None:
+    """Every ``trainer.log_every_n_steps`` optimizer steps of ``module``: the diagnostics' mean/min/max since the
+    last log, and ``extra`` values, as ``train/<name>`` at x = global_step − 1 (the first step is 0)."""
+    every = module.trainer.log_every_n_steps
+    if not every or module.global_step % every:
+        return
+    values = diagnostics.pop()  # synchronised across ranks
+    if "reward" in values:  # left out when every reward since the last log was NaN
+        module.log("train/reward", values["reward"], prog_bar=True, logger=False)  # bar and monitors
+    # Straight to the loggers: self.log would keep every key in the epoch's ResultCollection, walked again
+    # on every batch.
+    metrics = {f"train/{name}": value.item() for name, value in values.items()}
+    metrics |= {f"train/{name}": value for name, value in extra.items()} | {"epoch": module.current_epoch}
+    for logger in module.loggers:
+        logger.log_metrics(metrics, step=module.global_step - 1)

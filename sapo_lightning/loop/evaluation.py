@@ -1,0 +1,43 @@
+"""Evaluation: greedy decoding of the validation or test queries, and pass@k from k samples per query."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from sapo_lightning.policies import Policy
+from sapo_lightning.tasks import Task
+
+
+def evaluate(policy: Policy, task: Task, queries: Any, pass_k: int | None, seed: int) -> dict[str, Tensor]:
+    """Per-query values ``[B]`` to average over the set: the task's values of the greedy responses and, with
+    ``pass_k``, ``pass@k/<name>``, the share of queries with at least one of k sampled responses exactly
+    right (for ``exact_match`` and each ``accuracy/<name>``); the k samples are drawn from ``seed``."""
+    rollout = policy.sample(queries, greedy=True)
+    values = task.evaluate(queries, rollout.responses, rollout.mask)  # name -> [B]
+    if pass_k:
+        repeated = queries.repeat_interleave(pass_k, 0)  # k samples of each query, side by side
+        device = rollout.responses.device
+        samples = policy.sample(repeated, torch.Generator(device=device).manual_seed(seed))
+        sampled = task.evaluate(repeated, samples.responses, samples.mask)
+        for name in ("exact_match", *(n for n in sampled if n.startswith("accuracy/"))):
+            values[f"pass@{pass_k}/{name}"] = sampled[name].view(-1, pass_k).amax(-1)  # [B]
+    return values
+
+
+class EvalMetrics(nn.ModuleDict):
+    """``<stage>/<name>`` -> a :class:`~torchmetrics.MeanMetric` over the whole set, made at a name's first value."""
+
+    def update(self, values: dict[str, Tensor], stage: str) -> dict[str, MeanMetric]:
+        """Add each value ``[B]`` (NaN: does not apply, left out) to its metric; the metrics updated, by key."""
+        updated = {}
+        for name, value in values.items():
+            key = f"{stage}/{name}"
+            if key not in self:  # a task's names are known at its first evaluation
+                self[key] = MeanMetric(nan_strategy="ignore").to(value.device)
+            self[key].update(value)
+            updated[key] = self[key]
+        return updated

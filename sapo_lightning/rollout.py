@@ -1,0 +1,121 @@
+"""What the loop passes around: a batch of prompts, the responses sampled for it, and their scores.
+
+These types are the core's: tasks make queries, policies make rollouts and scores, and the
+loop slices and joins them (:func:`take`, :func:`take_rollout`, :func:`concat_queries`,
+:func:`concat_rollouts`) for micro-batches, mini-batches and dynamic sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+
+@dataclass(eq=False)
+class Prompts:
+    """A batch of tokenized prompts, left-padded.
+
+    Left padding puts every prompt's last token in the last column, so generation continues
+    all prompts from the same position.
+    """
+
+    input_ids: Tensor  # [B, P] long, left-padded with the tokenizer's pad id
+    attention_mask: Tensor  # [B, P] long, 1 for real tokens, 0 for padding
+    texts: list[str]  # each prompt as text, after the chat template (what the policy reads)
+    columns: dict[str, list]  # the dataset's other columns, by name, one value per prompt
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def repeat_interleave(self, repeats: int, dim: int = 0) -> Prompts:
+        """Each prompt ``repeats`` times in place (a, a, b, b for 2), as ``Tensor.repeat_interleave`` on dim 0."""
+        if dim != 0:
+            raise ValueError(f"Prompts repeat along the batch dimension 0; got dim={dim}")
+
+        def repeat(values: list) -> list:
+            return [value for value in values for _ in range(repeats)]
+
+        return Prompts(
+            self.input_ids.repeat_interleave(repeats, 0),
+            self.attention_mask.repeat_interleave(repeats, 0),
+            repeat(self.texts),
+            {name: repeat(values) for name, values in self.columns.items()},
+        )
+
+    def to(self, device: torch.device | str) -> Prompts:
+        """The same prompts with their tensors on ``device`` (Lightning moves batches this way)."""
+        return Prompts(self.input_ids.to(device), self.attention_mask.to(device), self.texts, self.columns)
+
+    @classmethod
+    def cat(cls, parts: list[Prompts]) -> Prompts:
+        """The batches one after another, left-padded to the widest; the added columns are masked out
+        (attention 0, id 0), so no position or attention of a prompt changes."""
+        width = max(part.input_ids.shape[1] for part in parts)
+
+        def padded(t: Tensor) -> Tensor:  # [b, P_part] -> [b, width]
+            return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=0)
+
+        columns = {name: [v for part in parts for v in part.columns[name]] for name in parts[0].columns}
+        return cls(torch.cat([padded(p.input_ids) for p in parts]), torch.cat([padded(p.attention_mask) for p in parts]),
+                   [text for part in parts for text in part.texts], columns)
+
+    def __getitem__(self, index: slice) -> Prompts:
+        """The prompts of a slice of the batch."""
+        if not isinstance(index, slice):
+            raise TypeError(f"Prompts are indexed by a slice; got {type(index).__name__}")
+        columns = {name: values[index] for name, values in self.columns.items()}
+        return Prompts(self.input_ids[index], self.attention_mask[index], self.texts[index], columns)
+
+
+
+class Rollout(NamedTuple):
+    """Responses sampled for a batch of queries."""
+
+    responses: Tensor  # [N, T] long, padded after EOS
+    log_probs: Tensor  # [N, T] float, log-prob of each sampled token under the sampling policy
+    mask: Tensor  # [N, T] bool, True for real response tokens (EOS included)
+    truncated: Tensor | None = None  # [N] bool, cut at the length bound before its EOS; None: fixed length
+
+
+class Scores(NamedTuple):
+    """Per-token scores of given responses."""
+
+    log_probs: Tensor  # [N, T] float, log π(y_t | q, y_<t)
+    entropy: Tensor  # [N, T] float, entropy of π(· | q, y_<t); differentiable only when scored with entropy_grad
+
+
+def take(values: Any, rows: slice) -> Any:
+    """Rows of a batch (a tensor, Prompts or None); the whole batch for ``slice(None)``."""
+    return values if values is None or rows == slice(None) else values[rows]
+
+
+def take_rollout(rollout: Rollout, rows: slice) -> Rollout:
+    return rollout if rows == slice(None) else Rollout(*(None if t is None else t[rows] for t in rollout))
+
+
+def concat_queries(parts: list[Any]) -> Any:
+    """One batch of queries from consecutive parts: tensors concatenated, Prompts by ``Prompts.cat``."""
+    return torch.cat(parts) if isinstance(parts[0], Tensor) else type(parts[0]).cat(parts)
+
+
+def concat_rollouts(rollouts: list[Rollout], pad_token: int) -> Rollout:
+    """One rollout from the rollouts of consecutive micro-batches, padded to the longest one."""
+    if len(rollouts) == 1:
+        return rollouts[0]
+    length = max(r.responses.shape[1] for r in rollouts)
+
+    def padded(t: Tensor, value: float | bool) -> Tensor:  # [n, T_chunk] -> [n, length]
+        return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
+
+    truncated = None if any(r.truncated is None for r in rollouts) else torch.cat([r.truncated for r in rollouts])
+    return Rollout(
+        torch.cat([padded(r.responses, pad_token) for r in rollouts]),
+        torch.cat([padded(r.log_probs, 0.0) for r in rollouts]),
+        torch.cat([padded(r.mask, False) for r in rollouts]),
+        truncated,
+    )
+
+
