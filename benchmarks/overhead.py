@@ -155,7 +155,7 @@ def plain_library_loop(config: Path, batch_size: int, steps: int,
         with torch.no_grad():
             generator = torch.Generator().manual_seed(derive_seed(seed, 0, index, ROLLOUT_STREAM))
             rollout = old_policy.sample(queries, generator)
-            rewards = task.rewards(queries, rollout.responses, rollout.mask)
+            rewards = task.rewards(queries, rollout)
             advantages = group_advantages_with_stats(rewards.total, group, scale).advantages
         scores = policy.score(queries, rollout.responses)
         loss = objective(scores.log_probs, rollout.log_probs, advantages, rollout.mask).loss
@@ -170,7 +170,7 @@ def plain_library_loop(config: Path, batch_size: int, steps: int,
             policy.eval()
             with torch.no_grad():
                 greedy = policy.sample(val_queries, greedy=True)
-                task.evaluate(val_queries, greedy.responses, greedy.mask)
+                task.evaluate(val_queries, greedy)
             policy.train()
     return policy
 

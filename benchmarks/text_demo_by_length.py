@@ -46,7 +46,7 @@ def solved_by_length(root: str) -> dict[str, tuple[Counter, Counter]]:
             queries = task.collate(rows[start:start + BATCH])
             with torch.no_grad():
                 rollout = module.policy.sample(queries, greedy=True)
-            exact = task.evaluate(queries, rollout.responses, rollout.mask)["exact_match"]  # [B]
+            exact = task.evaluate(queries, rollout)["exact_match"]  # [B]
             for text, right in zip(queries.texts, exact.tolist()):
                 length = len(text.split(": ", 1)[1])
                 prompts[length] += 1

@@ -279,6 +279,8 @@ def greedy_accuracy(model, model_dir: Path, count: int = 64) -> dict[str, float]
     """
     import torch
 
+    from sapo_lightning.rollout import Rollout
+
     task = smollm2_task(model_dir)
     prompts = task.collate(task.data.val_rows[:count])
     model.eval()
@@ -289,7 +291,7 @@ def greedy_accuracy(model, model_dir: Path, count: int = 64) -> dict[str, float]
     responses = out[:, prompts.input_ids.shape[1]:]  # [count, <= T]
     ended = (responses == task.eos_token).cumsum(-1)
     mask = (ended == 0) | ((ended == 1) & (responses == task.eos_token))  # up to and including the first EOS
-    rewards = task.rewards(prompts, responses, mask)
+    rewards = task.rewards(prompts, Rollout(responses, torch.zeros(mask.shape), mask))
     return {name: term.nanmean().item() for name, term in rewards.terms.items()}
 
 

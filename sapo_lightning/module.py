@@ -29,7 +29,7 @@ from sapo_lightning.loop.metrics import Diagnostics, combine_micro_batches, log_
 from sapo_lightning.loop.slices import micro_batch_plan, micro_batch_slices, mini_batch_slices
 from sapo_lightning.objectives import Objective, aggregate, k3_kl, masked_mean
 from sapo_lightning.policies import Policy
-from sapo_lightning.rollout import Rollout, concat_rollouts, take, take_rollout
+from sapo_lightning.rollout import Rollout, concat_queries, concat_rollouts, take, take_rollout
 from sapo_lightning.tasks import Task
 
 
@@ -113,7 +113,7 @@ class RLModule(LightningModule):
         generator = torch.Generator(device=self.device).manual_seed(batch["seed"])
         with torch.no_grad():
             queries, rollout = self.sample(batch["queries"], generator)  # [N, ...], N = B * G
-            rewards = self.task.rewards(queries, rollout.responses, rollout.mask)  # [N]
+            rewards = self.task.rewards(queries, rollout)  # [N]
             sampling = {}
             if self.filter_groups:  # dynamic sampling: more rounds of queries until B groups carry a signal
                 (queries, rollout, rewards), sampling = self.group_filter.fill(
@@ -133,12 +133,13 @@ class RLModule(LightningModule):
                 log_train_diagnostics(self, self.train_diagnostics, {"nonfinite_steps": self.guard.skipped})
 
     def sample(self, queries: Any, generator: torch.Generator) -> tuple[Any, Rollout]:
-        """G responses per query from π_old, micro-batch by micro-batch: the queries repeated, and the rollout."""
+        """G responses (or episodes) per query from π_old, micro-batch by micro-batch: the queries they answer,
+        and the rollout."""
         queries = move_data_to_device(queries, self.device).repeat_interleave(self.group_size, 0)
         with self.frozen.behaviour() as behaviour:
-            parts = [behaviour.sample(take(queries, rows), generator)
+            parts = [self.task.sample(behaviour, take(queries, rows), generator)
                      for rows in micro_batch_slices(len(queries), self.micro_batch_size)]
-        return queries, concat_rollouts(parts, self.policy.pad_token)
+        return concat_queries([q for q, _ in parts]), concat_rollouts([r for _, r in parts], self.policy.pad_token)
 
     def update(self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
                chunks: list[slice], shares: list[Tensor | None]) -> dict[str, Tensor]:
@@ -161,7 +162,7 @@ class RLModule(LightningModule):
         """Backward of one micro-batch's loss, weighted by its ``share`` of the mini-batch's (None: the
         whole mini-batch); the loss (unweighted, detached) and its diagnostics."""
         bonus = self.entropy_coef > 0
-        scores = self.policy.score(queries, rollout.responses, entropy_grad=bonus)  # [n, T] each
+        scores = self.policy.score(queries, rollout.responses, entropy_grad=bonus, attention=rollout.attention)
         out = self.objective(scores.log_probs, rollout.log_probs, advantages, rollout.mask)
         loss = out.loss
         metrics = {"loss": out.loss.detach(), "entropy": masked_mean(scores.entropy.detach(), rollout.mask)}

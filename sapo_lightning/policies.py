@@ -32,10 +32,13 @@ class Policy(nn.Module):
         """Sample one response per query (argmax tokens when ``greedy``)."""
         raise NotImplementedError
 
-    def score(self, queries: Tensor, responses: Tensor, entropy_grad: bool = False) -> Scores:
+    def score(self, queries: Tensor, responses: Tensor, entropy_grad: bool = False,
+              attention: Tensor | None = None) -> Scores:
         """Log-probs and entropies of ``responses`` ``[N, T]`` given ``queries``. The log-probs are
         differentiable; the entropies only with ``entropy_grad`` (an entropy bonus), since their
-        gradient keeps ``[N, T, V]`` tensors for the backward pass."""
+        gradient keeps ``[N, T, V]`` tensors for the backward pass. ``attention`` ``[N, T]`` marks the
+        tokens of an episode's transcript (a rollout's ``attention``); None: each response ends at its
+        first stop token. Only the causal-LM policy, which runs episodes, reads it."""
         raise NotImplementedError
 
 
@@ -144,5 +147,6 @@ class MLPPolicy(Policy):
         tokens, log_probs = sample_from_logits(self(queries), generator, greedy)  # [N, T] each
         return Rollout(tokens, log_probs, torch.ones_like(tokens, dtype=torch.bool))
 
-    def score(self, queries: Tensor, responses: Tensor, entropy_grad: bool = False) -> Scores:
+    def score(self, queries: Tensor, responses: Tensor, entropy_grad: bool = False,
+              attention: Tensor | None = None) -> Scores:
         return token_scores(self(queries), responses, entropy_grad)

@@ -7,6 +7,7 @@ loop slices and joins them (:func:`take`, :func:`take_rollout`, :func:`concat_qu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -72,12 +73,19 @@ class Prompts:
 
 
 class Rollout(NamedTuple):
-    """Responses sampled for a batch of queries."""
+    """Responses sampled for a batch of queries: one completion each, or one episode's transcript each.
 
-    responses: Tensor  # [N, T] long, padded after EOS
-    log_probs: Tensor  # [N, T] float, log-prob of each sampled token under the sampling policy
-    mask: Tensor  # [N, T] bool, True for real response tokens (EOS included)
-    truncated: Tensor | None = None  # [N] bool, cut at the length bound before its EOS; None: fixed length
+    In an episode (:class:`~sapo_lightning.envs.EnvTask`) a response is everything after the first
+    prompt: the policy's turns and the environment's replies, token for token as the policy read them.
+    ``mask`` is then the policy's tokens only (what trains), ``attention`` every token of the transcript.
+    """
+
+    responses: Tensor  # [N, T] long, padded after the end
+    log_probs: Tensor  # [N, T] float, log-prob of each sampled token under the sampling policy; 0 off the mask
+    mask: Tensor  # [N, T] bool, True for tokens the policy sampled (EOS included): the loss's tokens
+    truncated: Tensor | None = None  # [N] bool, cut at the length bound before its end; None: fixed length
+    attention: Tensor | None = None  # [N, T] bool, True for every token of a transcript; None: the mask
+    episodes: Episodes | None = None  # what each episode's environment said and did; None: one turn
 
 
 class Scores(NamedTuple):
@@ -96,6 +104,40 @@ def take_rollout(rollout: Rollout, rows: slice) -> Rollout:
     return rollout if rows == slice(None) else Rollout(*(None if t is None else t[rows] for t in rollout))
 
 
+@dataclass(eq=False)
+class Episodes:
+    """What happened in each of N episodes, beside its tokens (a :class:`Rollout`'s ``episodes``)."""
+
+    step_reward: Tensor  # [N] float, the sum of the environment's step rewards
+    turns: Tensor  # [N] long, the policy's turns
+    ended: Tensor  # [N] long, how the episode ended: an index into ENDINGS
+    solved_turn: Tensor  # [N] long, first turn whose running step reward reached the success threshold; 0: never
+    turn_rewards: Tensor  # [N, K] float, each turn's step reward; NaN after the last turn
+    transcripts: list[list[dict[str, str]]]  # each episode's messages {role, content}, the first prompt's included
+    environments: list[Any]  # each episode's environment object, as the episode left it
+
+    ENDINGS = ("done", "max_turns", "truncated")
+
+    def __len__(self) -> int:
+        return len(self.transcripts)
+
+    def __getitem__(self, rows: slice) -> Episodes:
+        if not isinstance(rows, slice):
+            raise TypeError(f"Episodes are indexed by a slice; got {type(rows).__name__}")
+        return Episodes(self.step_reward[rows], self.turns[rows], self.ended[rows], self.solved_turn[rows],
+                        self.turn_rewards[rows], self.transcripts[rows], self.environments[rows])
+
+    @classmethod
+    def cat(cls, parts: list[Episodes]) -> Episodes:
+        width = max(part.turn_rewards.shape[1] for part in parts)
+        turn_rewards = [torch.nn.functional.pad(p.turn_rewards, (0, width - p.turn_rewards.shape[1]), value=math.nan)
+                        for p in parts]
+        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in ("step_reward", "turns", "ended",
+                                                                               "solved_turn")),
+                   torch.cat(turn_rewards), [t for p in parts for t in p.transcripts],
+                   [e for p in parts for e in p.environments])
+
+
 def concat_queries(parts: list[Any]) -> Any:
     """One batch of queries from consecutive parts: tensors concatenated, Prompts by ``Prompts.cat``."""
     return torch.cat(parts) if isinstance(parts[0], Tensor) else type(parts[0]).cat(parts)
@@ -111,11 +153,15 @@ def concat_rollouts(rollouts: list[Rollout], pad_token: int) -> Rollout:
         return torch.nn.functional.pad(t, (0, length - t.shape[1]), value=value)
 
     truncated = None if any(r.truncated is None for r in rollouts) else torch.cat([r.truncated for r in rollouts])
+    attention = None if rollouts[0].attention is None else torch.cat([padded(r.attention, False) for r in rollouts])
+    episodes = None if rollouts[0].episodes is None else Episodes.cat([r.episodes for r in rollouts])
     return Rollout(
         torch.cat([padded(r.responses, pad_token) for r in rollouts]),
         torch.cat([padded(r.log_probs, 0.0) for r in rollouts]),
         torch.cat([padded(r.mask, False) for r in rollouts]),
         truncated,
+        attention,
+        episodes,
     )
 
 

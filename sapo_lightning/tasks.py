@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from sapo_lightning.checks import check_choice, check_int, check_number, fail
+from sapo_lightning.rollout import Rollout
 from sapo_lightning.seeds import EVAL_STREAMS, QUERY_STREAM, derive_seed
 
 
@@ -58,23 +59,31 @@ class Task:
         """A batch of queries from items of :meth:`eval_rows`."""
         return torch.stack(list(rows))
 
+    def sample(self, policy: Any, queries: Any, generator: torch.Generator | None = None,
+               greedy: bool = False) -> tuple[Any, Rollout]:
+        """One response per query from ``policy`` (argmax tokens when ``greedy``): the queries the responses
+        answer, and the rollout. A task of episodes runs them here, and returns the prompts its
+        environments opened them with."""
+        return queries, policy.sample(queries, generator, greedy)
+
     def reward(self, queries: Tensor, responses: Tensor, mask: Tensor) -> Tensor:
         """Reward ``[N]`` float of responses ``[N, T]`` (mask ``[N, T]``) to queries ``[N, ...]``."""
         raise NotImplementedError
 
-    def rewards(self, queries: Any, responses: Tensor, mask: Tensor) -> Rewards:
-        """The reward and its terms (one per reward function; none for a single built-in reward)."""
-        return Rewards(self.reward(queries, responses, mask), {})
+    def rewards(self, queries: Any, rollout: Rollout) -> Rewards:
+        """The reward of each response of ``rollout`` and its terms (one per reward function; none for a
+        single built-in reward)."""
+        return Rewards(self.reward(queries, rollout.responses, rollout.mask), {})
 
     def exact_match(self, queries: Tensor, responses: Tensor, mask: Tensor) -> Tensor:
         """``[N]`` bool: the response is entirely correct."""
         raise NotImplementedError
 
-    def evaluate(self, queries: Any, responses: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    def evaluate(self, queries: Any, rollout: Rollout) -> dict[str, Tensor]:
         """Per-response values ``[N]`` float that evaluation averages and logs as ``val/<name>``."""
         return {
-            "reward": self.reward(queries, responses, mask),
-            "exact_match": self.exact_match(queries, responses, mask).float(),
+            "reward": self.reward(queries, rollout.responses, rollout.mask),
+            "exact_match": self.exact_match(queries, rollout.responses, rollout.mask).float(),
         }
 
 

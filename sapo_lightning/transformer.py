@@ -166,7 +166,8 @@ class TransformerPolicy(Policy):
         stops = [] if self.eos_token is None else [self.eos_token]
         return decode(next_logits, n, self.max_new_tokens, stops, self.pad_token, generator, greedy, queries.device)
 
-    def score(self, queries: Tensor, responses: Tensor, entropy_grad: bool = False) -> Scores:
+    def score(self, queries: Tensor, responses: Tensor, entropy_grad: bool = False,
+              attention: Tensor | None = None) -> Scores:
         tokens = torch.cat([queries, responses[:, :-1]], 1)  # [N, D + T - 1]: the last token predicts nothing
         hidden = self(tokens)[:, self.query_len - 1 :]  # [N, T, C]: the states that predict y_1 .. y_T
         return token_scores(self.head(hidden) / self.temperature, responses, entropy_grad)

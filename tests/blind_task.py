@@ -26,6 +26,6 @@ class Blind(FixedTarget):
     def reward(self, queries: torch.Tensor, responses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.where(queries[:, 0] > self.sighted, super().reward(queries, responses, mask), 0.0)  # [N]
 
-    def rewards(self, queries: torch.Tensor, responses: torch.Tensor, mask: torch.Tensor) -> Rewards:
+    def rewards(self, queries: torch.Tensor, rollout) -> Rewards:
         self.reward_calls += 1
-        return super().rewards(queries, responses, mask)
+        return super().rewards(queries, rollout)

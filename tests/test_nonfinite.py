@@ -31,8 +31,8 @@ class NaNRewards(FixedTarget):
         super().__init__(target, vocab_size)
         self.nan_from, self.nan_at, self.calls = nan_from, set(nan_at or ()), 0
 
-    def rewards(self, queries, responses, mask) -> Rewards:
-        rewards = super().rewards(queries, responses, mask)
+    def rewards(self, queries, rollout) -> Rewards:
+        rewards = super().rewards(queries, rollout)
         bad = self.calls in self.nan_at or (self.nan_from is not None and self.calls >= self.nan_from)
         self.calls += 1
         return Rewards(torch.full_like(rewards.total, float("nan")), {}) if bad else rewards

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sapo_lightning.checks import ConfigError
+from sapo_lightning.rollout import Rollout
 from sapo_lightning.text.task import PromptTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_rewards_score_the_decoded_completions(prompts_file):
     completions = [answers[0][::-1], answers[1], "zz", answers[3] + "x"]
     ids, mask = responses(t, completions)
     assert t.decode(ids, mask) == completions  # the EOS and the padding are not text
-    rewards = t.rewards(batch, ids, mask)
+    rewards = t.rewards(batch, Rollout(ids, torch.zeros(ids.shape), mask))
     char = torch.tensor([(sum(a == b for a, b in zip(c, r)) + 0.25 * (len(c) == len(r))) / (max(len(c), len(r)) + 0.25)
                          for c, r in zip(completions, answers)])
     exact = torch.tensor([float(c == r) for c, r in zip(completions, answers)])
@@ -59,7 +60,7 @@ def test_evaluate_reports_accuracy_per_function_and_skips_those_that_do_not_appl
     batch = t.collate(rows)  # "copy: ab" and the row with no answer
     order = [r["columns"]["answer"] for r in rows]
     ids, mask = responses(t, ["ab" if a == "ab" else "x" for a in order])
-    values = t.evaluate(batch, ids, mask)
+    values = t.evaluate(batch, Rollout(ids, torch.zeros(ids.shape), mask))
     answered = torch.tensor([a is not None for a in order])
     assert values["accuracy/char_match"][answered].tolist() == [1.0]
     assert values["accuracy/char_match"][~answered].isnan().all()  # left out of the mean

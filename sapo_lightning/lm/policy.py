@@ -201,9 +201,11 @@ class CausalLMPolicy(Policy):
         return decode(next_logits, n, self.max_new_tokens, self.stop_ids, self.pad_token, generator, greedy, device,
                       self.stop_when_done)
 
-    def score(self, queries: Prompts | Tensor, responses: Tensor, entropy_grad: bool = False) -> Scores:
+    def score(self, queries: Prompts | Tensor, responses: Tensor, entropy_grad: bool = False,
+              attention: Tensor | None = None) -> Scores:
         prompt_ids, prompt_mask = prompt_tensors(queries)  # [N, P] each
-        mask = response_mask(responses, self.stop_ids)  # [N, T]
+        # the tokens each row holds: an episode's whole transcript, or a completion up to its first stop token
+        mask = response_mask(responses, self.stop_ids) if attention is None else attention  # [N, T]
         p, steps = prompt_ids.shape[1], responses.shape[1]
         ids = self._to_model(torch.cat([prompt_ids, responses[:, :-1]], 1))  # [N, P + T - 1]
         attention = torch.cat([prompt_mask, mask[:, :-1].to(prompt_mask.dtype)], 1)  # [N, P + T - 1]

@@ -70,7 +70,8 @@ class FrozenPolicies:
         if self.host.ref_policy is None:
             return None
         with evaluating(self.host.ref_policy, self.host.policy) as reference:
-            return torch.cat([reference.score(take(queries, rows), rollout.responses[rows]).log_probs
+            return torch.cat([reference.score(take(queries, rows), rollout.responses[rows],
+                                              attention=take(rollout.attention, rows)).log_probs
                               for rows in micro_batch_slices(len(rollout.responses), micro_batch_size)])
 
     def eval(self) -> None:

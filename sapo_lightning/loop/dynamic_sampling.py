@@ -71,7 +71,7 @@ class GroupFilter:
         self.pad_token = pad_token
 
     def fill(self, first: Draw, refill: Callable[[int], Any], sample: Callable[[Any], tuple[Any, Rollout]],
-             rewards: Callable[[Any, Tensor, Tensor], Rewards], strategy: Any) -> tuple[Draw, dict[str, Tensor]]:
+             rewards: Callable[[Any, Rollout], Rewards], strategy: Any) -> tuple[Draw, dict[str, Tensor]]:
         """The batch trained on and its counts, from ``first`` and as many more rounds as it takes: round r's
         queries are ``refill(r)``, sampled by ``sample`` and rewarded by ``rewards``. Every rank draws as many
         rounds (sampling may be collective, as under FSDP), until the Lightning ``strategy`` finds no rank short."""
@@ -83,7 +83,7 @@ class GroupFilter:
             if strategy.reduce(short, reduce_op="sum").item() == 0:
                 break
             queries, rollout = sample(refill(len(draws)))
-            draws.append(Draw(queries, rollout, rewards(queries, rollout.responses, rollout.mask)))
+            draws.append(Draw(queries, rollout, rewards(queries, rollout)))
         kept, informative_groups = keep_informative(draws, batch_size, self.group_size, self.pad_token)
         counts = torch.tensor([batch_size * len(draws), informative_groups, len(draws)], dtype=torch.float32,
                               device=device)

@@ -16,13 +16,12 @@ def evaluate(policy: Policy, task: Task, queries: Any, pass_k: int | None, seed:
     """Per-query values ``[B]`` to average over the set: the task's values of the greedy responses and, with
     ``pass_k``, ``pass@k/<name>``, the share of queries with at least one of k sampled responses exactly
     right (for ``exact_match`` and each ``accuracy/<name>``); the k samples are drawn from ``seed``."""
-    rollout = policy.sample(queries, greedy=True)
-    values = task.evaluate(queries, rollout.responses, rollout.mask)  # name -> [B]
+    prompts, rollout = task.sample(policy, queries, greedy=True)
+    values = task.evaluate(prompts, rollout)  # name -> [B]
     if pass_k:
         repeated = queries.repeat_interleave(pass_k, 0)  # k samples of each query, side by side
-        device = rollout.responses.device
-        samples = policy.sample(repeated, torch.Generator(device=device).manual_seed(seed))
-        sampled = task.evaluate(repeated, samples.responses, samples.mask)
+        generator = torch.Generator(device=rollout.responses.device).manual_seed(seed)
+        sampled = task.evaluate(*task.sample(policy, repeated, generator))
         for name in ("exact_match", *(n for n in sampled if n.startswith("accuracy/"))):
             values[f"pass@{pass_k}/{name}"] = sampled[name].view(-1, pass_k).amax(-1)  # [B]
     return values

@@ -30,7 +30,7 @@ class TextSamples(Callback):
         self.num_samples = check_int("num_samples", num_samples, 1)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not hasattr(pl_module.task, "decode"):
+        if not hasattr(pl_module.task, "sample_texts"):
             fail("trainer.callbacks", "free of TextSamples unless the task is a text task (PromptTask)",
                  type(pl_module.task).__name__)
 
@@ -42,11 +42,10 @@ class TextSamples(Callback):
             return
         task, queries = pl_module.task, batch["queries"][: self.num_samples]
         generator = torch.Generator(device=pl_module.device).manual_seed(batch["seed"])
-        rollout = pl_module.policy.sample(queries, generator)
-        rewards = task.rewards(queries, rollout.responses, rollout.mask)
-        completions = task.decode(rollout.responses, rollout.mask)
+        queries, rollout = task.sample(pl_module.policy, queries, generator)
+        rewards = task.rewards(queries, rollout)
         rows = ["| prompt | completion | reward |", "|---|---|---|"]
-        for prompt, completion, reward in zip(queries.texts, completions, rewards.total.tolist()):
+        for (prompt, completion), reward in zip(task.sample_texts(queries, rollout), rewards.total.tolist()):
             rows.append(f"| {_cell(prompt)} | {_cell(completion)} | {reward:.3f} |")
         for logger in loggers:
             logger.experiment.add_text("samples", "\n".join(rows), global_step=trainer.global_step)

@@ -11,7 +11,7 @@ from torch import Tensor
 from sapo_lightning.checks import check_int, check_number
 from sapo_lightning.tasks import Rewards, Task
 from sapo_lightning.text.dataset import PromptDataset
-from sapo_lightning.rollout import Prompts
+from sapo_lightning.rollout import Prompts, Rollout
 from sapo_lightning.text.reward_binding import RewardFunctions, RewardSpec
 
 
@@ -99,13 +99,18 @@ class PromptTask(Task):
         return self.tokenizer.batch_decode([row[:n] for row, n in zip(responses.tolist(), lengths)],
                                            skip_special_tokens=True)
 
-    def rewards(self, queries: Prompts, responses: Tensor, mask: Tensor) -> Rewards:
-        rewards = self.reward_functions(queries.texts, self.decode(responses, mask), queries.columns)  # on the CPU
-        device = responses.device
+    def rewards(self, queries: Prompts, rollout: Rollout) -> Rewards:
+        completions = self.decode(rollout.responses, rollout.mask)
+        rewards = self.reward_functions(queries.texts, completions, queries.columns)  # on the CPU
+        device = rollout.responses.device
         return Rewards(rewards.total.to(device), {name: term.to(device) for name, term in rewards.terms.items()})
 
-    def evaluate(self, queries: Prompts, responses: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        rewards = self.rewards(queries, responses, mask)
+    def sample_texts(self, queries: Prompts, rollout: Rollout) -> list[tuple[str, str]]:
+        """Each response as (prompt, completion) text, for :class:`~sapo_lightning.text.samples.TextSamples`."""
+        return list(zip(queries.texts, self.decode(rollout.responses, rollout.mask)))
+
+    def evaluate(self, queries: Prompts, rollout: Rollout) -> dict[str, Tensor]:
+        rewards = self.rewards(queries, rollout)
         solved = {name: term >= self.accuracy_threshold for name, term in rewards.terms.items()}  # NaN -> False
         applies = {name: ~term.isnan() for name, term in rewards.terms.items()}
         every = torch.ones_like(rewards.total, dtype=torch.bool)
