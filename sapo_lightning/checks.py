@@ -7,6 +7,7 @@ exit status 2. ``NAME`` is the option as the user spells it (``tau_neg``, ``data
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -141,3 +142,39 @@ def removed(old: str, new: str, version: str) -> Callable[[str], Any]:
         raise AttributeError(f"module {module!r} has no attribute {attribute!r}")
 
     return __getattr__
+
+
+def resolve_import(option: str, path: Any) -> Any:
+    """The object at the dotted import path ``path`` (``module.attribute``, ``module.Class.attribute``), or a
+    one-line ConfigError naming ``option`` and what failed."""
+    parts = path.split(".") if isinstance(path, str) else []
+    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        fail(option, "a dotted import path 'module.attribute'", path)
+    for split in range(len(parts) - 1, 0, -1):  # the longest prefix that is a module
+        module_name = ".".join(parts[:split])
+        try:
+            target = importlib.import_module(module_name)
+            break
+        except ModuleNotFoundError as err:
+            if err.name is None or not (module_name + ".").startswith(err.name + "."):
+                raise ConfigError(f"{option} must be importable; got {path!r}, whose module {module_name} "
+                                  f"fails to import: ModuleNotFoundError: {err}") from None
+        except Exception as err:  # the module exists but importing it fails
+            message = " ".join(str(err).split())
+            raise ConfigError(f"{option} must be importable; got {path!r}, whose module {module_name} "
+                              f"fails to import: {type(err).__name__}: {message}") from None
+    else:
+        raise ConfigError(f"{option} must be an importable path 'module.attribute'; got {path!r}: "
+                          f"no module named {parts[0]!r}")
+    for depth, attribute in enumerate(parts[split:]):
+        if not hasattr(target, attribute):
+            owner = ".".join(parts[:split + depth])
+            if depth == 0 and split + 1 < len(parts):  # tried as a module too
+                problem = f"no module named {owner + '.' + attribute!r}"
+            else:
+                problem = f"{owner} has no attribute {attribute!r}"
+            raise ConfigError(f"{option} must be an importable path 'module.attribute'; got {path!r}: {problem}")
+        target = getattr(target, attribute)
+    if not callable(target):
+        raise ConfigError(f"{option} must name a callable; got {path!r}, a {type(target).__name__}")
+    return target

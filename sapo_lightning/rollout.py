@@ -111,7 +111,6 @@ class Episodes:
     step_reward: Tensor  # [N] float, the sum of the environment's step rewards
     turns: Tensor  # [N] long, the policy's turns
     ended: Tensor  # [N] long, how the episode ended: an index into ENDINGS
-    solved_turn: Tensor  # [N] long, first turn whose running step reward reached the success threshold; 0: never
     turn_rewards: Tensor  # [N, K] float, each turn's step reward; NaN after the last turn
     transcripts: list[list[dict[str, str]]]  # each episode's messages {role, content}, the first prompt's included
     environments: list[Any]  # each episode's environment object, as the episode left it
@@ -124,16 +123,15 @@ class Episodes:
     def __getitem__(self, rows: slice) -> Episodes:
         if not isinstance(rows, slice):
             raise TypeError(f"Episodes are indexed by a slice; got {type(rows).__name__}")
-        return Episodes(self.step_reward[rows], self.turns[rows], self.ended[rows], self.solved_turn[rows],
-                        self.turn_rewards[rows], self.transcripts[rows], self.environments[rows])
+        return Episodes(self.step_reward[rows], self.turns[rows], self.ended[rows], self.turn_rewards[rows],
+                        self.transcripts[rows], self.environments[rows])
 
     @classmethod
     def cat(cls, parts: list[Episodes]) -> Episodes:
         width = max(part.turn_rewards.shape[1] for part in parts)
         turn_rewards = [torch.nn.functional.pad(p.turn_rewards, (0, width - p.turn_rewards.shape[1]), value=math.nan)
                         for p in parts]
-        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in ("step_reward", "turns", "ended",
-                                                                               "solved_turn")),
+        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in ("step_reward", "turns", "ended")),
                    torch.cat(turn_rewards), [t for p in parts for t in p.transcripts],
                    [e for p in parts for e in p.environments])
 

@@ -11,15 +11,17 @@ class Step:
     """What the environment answers to one policy turn.
 
     Attributes:
-        observation: Text given back to the policy as the next user (or tool) message; None: nothing
-            to say (the episode must then be ``done``, or the policy continues without a reply).
+        observation: Text given back to the policy as the next message; None: an empty message.
         reward: This turn's reward; an episode's reward is the sum over its turns.
         done: The episode is over: no more turns.
+        role: The message's role in the chat template: ``user``, or ``tool`` for a tool's result (as the
+            user's where the template has no tool role).
     """
 
     observation: str | None = None
     reward: float = 0.0
     done: bool = False
+    role: str = "user"
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ from sapo_lightning.checks import ConfigError, check_choice, check_int, check_nu
 from sapo_lightning.lm.model import cache_argument, load_causal_lm, takes_logits_to_keep
 from sapo_lightning.lm.prefill import can_share_prompts_in_training, prefill_once, prompt_group
 from sapo_lightning.lm.sampling import response_mask, sampling_logits, truncated_scores
+from sapo_lightning.lm.turns import TurnDecoder
 from sapo_lightning.lora import LoRA, is_peft_model
 from sapo_lightning.rollout import Rollout, Scores
 from sapo_lightning.policies import Policy, check_token_queries, decode
@@ -130,7 +131,10 @@ class CausalLMPolicy(Policy):
         self.model = load_causal_lm(source, model_config, dtype, gradient_checkpointing, lora)
         # the base an exported adapter names
         self.path = source if source is None or not os.path.isdir(source) else os.path.abspath(source)
-        check_positions(self.model, task.longest_prompt if text else task.query_dim, task.response_len)
+        if getattr(task, "max_episode_tokens", None) is not None:  # a task of episodes: a whole one must fit
+            check_context(self.model, task.max_episode_tokens)
+        else:
+            check_positions(self.model, task.longest_prompt if text else task.query_dim, task.response_len)
         self.max_new_tokens = task.response_len
         self.stop_when_done = stop_when_done
         model_vocab = self.model.get_output_embeddings().weight.shape[0]
@@ -225,6 +229,11 @@ class CausalLMPolicy(Policy):
         scores = truncated_scores(self.sampling_logits(logits), responses, entropy_grad)  # [N, T] each
         return Scores(scores.log_probs.masked_fill(~mask, 0.0), scores.entropy.masked_fill(~mask, 0.0))
 
+    def turns(self, ids: Tensor, attention: Tensor, reuse_cache: bool = True) -> TurnDecoder:
+        """A decoder of transcripts turn by turn from the left-padded prompts ``ids`` / ``attention`` ``[N, P]``
+        (a task of episodes runs it; :mod:`sapo_lightning.lm.turns`)."""
+        return TurnDecoder(self, ids, attention, reuse_cache)
+
     @property
     def has_lora(self) -> bool:
         """Whether the model carries LoRA adapters (the policy's ``lora`` was given)."""
@@ -278,6 +287,13 @@ def check_positions(model: torch.nn.Module, prompt_tokens: int, max_new_tokens: 
     if limit is not None and prompt_tokens + max_new_tokens > limit:
         fail("max_new_tokens", f"at most {limit - prompt_tokens}: the longest prompt ({prompt_tokens} tokens) plus "
              f"max_new_tokens must fit the model's max_position_embeddings={limit}", max_new_tokens)
+
+
+def check_context(model: torch.nn.Module, max_episode_tokens: int) -> None:
+    """Refuse episodes longer than the model's positions."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and max_episode_tokens > limit:
+        fail("max_episode_tokens", f"at most the model's max_position_embeddings={limit}", max_episode_tokens)
 
 
 def prompt_tensors(queries: Prompts | Tensor) -> tuple[Tensor, Tensor]:

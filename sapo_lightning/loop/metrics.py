@@ -119,6 +119,8 @@ def rollout_diagnostics(rewards: Rewards, groups: GroupAdvantages, rollout: Roll
     }
     if rollout.truncated is not None:
         stats["truncated_frac"] = rollout.truncated.float().mean()
+    if rollout.episodes is not None:
+        stats |= episode_diagnostics(rollout)
     return stats | {f"rewards/{name}": term.nanmean() for name, term in rewards.terms.items()}
 
 
@@ -137,3 +139,16 @@ def log_train_diagnostics(module: Any, diagnostics: Diagnostics, extra: dict[str
     metrics |= {f"train/{name}": value for name, value in extra.items()} | {"epoch": module.current_epoch}
     for logger in module.loggers:
         logger.log_metrics(metrics, step=module.global_step - 1)
+
+
+def episode_diagnostics(rollout: Rollout) -> dict[str, Tensor]:
+    """What the episodes of a rollout looked like: turns, how they ended, the environment's share of the
+    transcripts' tokens, and the mean step reward of each turn (over the episodes that reached it)."""
+    episodes = rollout.episodes
+    stats = {"turns": episodes.turns.float().mean(),
+             "env_token_frac": (rollout.attention & ~rollout.mask).sum() / rollout.attention.sum().clamp(min=1)}
+    for index, ending in enumerate(episodes.ENDINGS):
+        stats[f"ended_{ending}"] = (episodes.ended == index).float().mean()
+    for turn in range(episodes.turn_rewards.shape[1]):
+        stats[f"turn_reward/{turn + 1}"] = episodes.turn_rewards[:, turn].nanmean()
+    return stats

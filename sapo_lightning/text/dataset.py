@@ -138,7 +138,8 @@ class PromptDataset:
             ``val_file``, in (0, 1); at least one row.
         split_seed: Seed of that hold-out split (not the run's seed, so resuming keeps it).
         test_file: Test prompts; null: the test stage uses the validation prompts.
-        prompt_column: Column holding each prompt.
+        prompt_column: Column holding each prompt; None: no prompts, only rows (an environment writes
+            each episode's first prompt from its row).
         chat: Wrap plain-text prompts as one user message and apply the chat template.
         too_long: Prompts over ``max_prompt_length``: ``drop`` them (the count is printed) or
             ``error``.
@@ -153,7 +154,7 @@ class PromptDataset:
         val_fraction: float = 0.1,
         split_seed: int = 0,
         test_file: str | None = None,
-        prompt_column: str = "prompt",
+        prompt_column: str | None = "prompt",
         chat: bool = False,
         too_long: str = "drop",
     ) -> None:
@@ -176,6 +177,10 @@ class PromptDataset:
     def _load(self, option: str, path: str) -> list[dict]:
         """Rows ``{"input_ids", "text", "columns"}`` of one file, in file order, too long ones dropped."""
         columns = read_columns(option, path)
+        if self.prompt_column is None:  # rows for environments, which write the prompts themselves
+            count = len(next(iter(columns.values()), []))
+            return [{"input_ids": [], "text": "", "columns": {name: values[i] for name, values in columns.items()}}
+                    for i in range(count)]
         if self.prompt_column not in columns:
             fail("prompt_column", f"a column of {option} (its columns: {', '.join(columns)})", self.prompt_column)
         prompts = columns.pop(self.prompt_column)

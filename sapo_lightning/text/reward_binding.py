@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sapo_lightning.checks import ConfigError, RunFailed, check_number, fail
+from sapo_lightning.checks import ConfigError, RunFailed, check_number, fail, resolve_import
 from sapo_lightning.tasks import Rewards
 from sapo_lightning.text.rewards import ARG_CHECKS
 
@@ -150,7 +150,7 @@ class _Function:
             spec = RewardSpec(**spec)
         elif not isinstance(spec, RewardSpec):
             fail(option, "a reward function (function, weight, name, args)", spec)
-        fn = _resolve(f"{option}.function", spec.function)
+        fn = resolve_import(f"{option}.function", spec.function)
         weight = check_number(f"{option}.weight", spec.weight)
         name = spec.name if spec.name is not None else getattr(fn, "__name__", type(fn).__name__)
         if not isinstance(name, str) or not name or re.search(r"[\s/.]", name):  # a name is part of metric keys
@@ -217,41 +217,6 @@ class _Function:
 def _short(value: Any) -> str:
     """A short one-line repr."""
     return " ".join(reprlib.repr(value).splitlines())
-
-
-def _resolve(option: str, path: Any) -> Callable:
-    """The callable at the dotted import path ``path``, or a ConfigError saying what failed."""
-    parts = path.split(".") if isinstance(path, str) else []
-    if len(parts) < 2 or not all(part.isidentifier() for part in parts):
-        fail(option, "a dotted import path 'module.attribute'", path)
-    for split in range(len(parts) - 1, 0, -1):  # the longest prefix that is a module
-        module_name = ".".join(parts[:split])
-        try:
-            target = importlib.import_module(module_name)
-            break
-        except ModuleNotFoundError as err:
-            if err.name is None or not (module_name + ".").startswith(err.name + "."):
-                raise ConfigError(f"{option} must be importable; got {path!r}, whose module {module_name} "
-                                  f"fails to import: ModuleNotFoundError: {err}") from None
-        except Exception as err:  # the module exists but importing it fails
-            message = " ".join(str(err).split())
-            raise ConfigError(f"{option} must be importable; got {path!r}, whose module {module_name} "
-                              f"fails to import: {type(err).__name__}: {message}") from None
-    else:
-        raise ConfigError(f"{option} must be an importable path 'module.attribute'; got {path!r}: "
-                          f"no module named {parts[0]!r}")
-    for depth, attribute in enumerate(parts[split:]):
-        if not hasattr(target, attribute):
-            owner = ".".join(parts[:split + depth])
-            if depth == 0 and split + 1 < len(parts):  # tried as a module too
-                problem = f"no module named {owner + '.' + attribute!r}"
-            else:
-                problem = f"{owner} has no attribute {attribute!r}"
-            raise ConfigError(f"{option} must be an importable path 'module.attribute'; got {path!r}: {problem}")
-        target = getattr(target, attribute)
-    if not callable(target):
-        raise ConfigError(f"{option} must name a callable; got {path!r}, a {type(target).__name__}")
-    return target
 
 
 def _parameters(option: str, path: str, fn: Callable, args: dict[str, Any]) -> tuple[dict[str, bool], bool]:
