@@ -39,3 +39,9 @@ class WrongType(Counting):
 class NoStep:
     def reset(self, row: dict) -> str:
         return "hi"
+
+
+def turns_heard(prompts: list[str], completions: list[str], environment: list, transcript: list, **_) -> list[float]:
+    """A reward function over episodes: the turns the environment heard (reads the environment and transcript columns)."""
+    assert all(t[-1]["content"] == c for t, c in zip(transcript, completions) if t[-1]["role"] == "assistant")
+    return [float(len(env.heard)) for env in environment]
