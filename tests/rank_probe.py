@@ -31,7 +31,8 @@ class RankProbe(Callback):
         self.start_step = trainer.global_step
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self.queries.append(batch["queries"].cpu().clone())
+        queries = batch["queries"]  # a tensor, or Prompts (their token ids)
+        self.queries.append((queries if isinstance(queries, torch.Tensor) else queries.input_ids).cpu().clone())
         self.old_policy.append(flat(pl_module.old_policy))
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
