@@ -23,6 +23,7 @@ from sapo_lightning.checks import ConfigError, missing_path
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.module import RLModule
 from sapo_lightning.nonfinite import NonFiniteTraining
+from sapo_lightning.process_group import end_process_group
 from sapo_lightning.text.reward_binding import RewardFunctionError
 from sapo_lightning.threads import SMALL_MODEL, set_threads
 
@@ -192,7 +193,10 @@ def main(args: list[str] | None = None) -> None:
     except RewardFunctionError as err:  # the user's code failed mid-run; the checkpoints written so far stay
         _exit_with(err, 1)
     except NonFiniteTraining as err:  # the run diverged; its checkpoints hold the last finite weights
+        end_process_group()  # every rank stopped at the same step
         _exit_with(err, 1)
+    else:
+        end_process_group()  # every rank finished the run
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 from pathlib import Path
 
+import pytest
 import torch
 from multiprocess_fit import ROOT, run_fit  # tests/ is on sys.path under pytest
 
@@ -98,3 +99,23 @@ def test_ddp_dynamic_sampling_draws_as_many_rounds_on_every_rank(tmp_path):
     steps, calls = zip(*rank0["batch_ends"])
     assert steps == (2, 4, 6, 8) and calls[-1] > 4  # some batch drew more than one round
     assert torch.equal(rank0["policy"], rank1["policy"])
+
+
+@pytest.mark.parametrize("end", ["finished", "non-finite stop"])
+def test_ddp_ranks_exit_without_a_process_group(tmp_path, end):
+    """Every rank destroys the process group before the interpreter exits, after a finished run (exit 0) and after
+    the non-finite stop all ranks take together (exit 1): no gloo thread is left to abort the process at exit."""
+    probe = tmp_path / "probe"
+    stop = ["--model.max_nonfinite_steps=2", "--trainer.callbacks+=test_nonfinite.InfGradient",
+            "--trainer.callbacks.steps=[3, 4]", "--trainer.callbacks.rank=1"] if end == "non-finite stop" else []
+    run_fit(
+        tmp_path, f"--config={ROOT / 'configs' / 'sapo.yaml'}", f"--config={ROOT / 'configs' / 'ddp.yaml'}",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=6", "--trainer.val_check_interval=6",
+        "--trainer.enable_progress_bar=false", "--data.val_size=8",
+        "--trainer.callbacks+=exit_probe.ExitProbe", f"--trainer.callbacks.out={probe}", *stop,
+        status=1 if stop else 0,
+    )
+    for rank in (0, 1):
+        state = json.loads((probe / f"rank{rank}.json").read_text())
+        assert not state["initialized"], rank
+        assert not [name for name in state["threads"] if "gloo" in name], (rank, state["threads"])
