@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from multiprocess_fit import ROOT, run_fit  # tests/ is on sys.path under pytest
+from multiprocess_fit import ROOT, run_fit, run_nodes  # tests/ is on sys.path
 
 pytestmark = pytest.mark.slow  # a 2-process fit in a subprocess
 
@@ -119,3 +119,27 @@ def test_ddp_ranks_exit_without_a_process_group(tmp_path, end):
         state = json.loads((probe / f"rank{rank}.json").read_text())
         assert not state["initialized"], rank
         assert not [name for name in state["threads"] if "gloo" in name], (rank, state["threads"])
+
+
+def test_two_nodes_of_one_process_train_as_one_node_of_two(tmp_path):
+    """trainer.num_nodes=2 with one process per node, started by hand on localhost (MASTER_ADDR, MASTER_PORT,
+    NODE_RANK, WORLD_SIZE): global ranks 0 and 1 draw the same queries and all-reduce the same gradients as the
+    two processes of one node, so the final checkpoint is the same, bit for bit."""
+    one, two = tmp_path / "one_node", tmp_path / "two_nodes"
+    args = [f"--config={ROOT / 'configs' / 'sapo.yaml'}", f"--config={ROOT / 'configs' / 'ddp.yaml'}",
+            "--trainer.max_steps=6", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"]
+    for root in (one, two):
+        root.mkdir()
+    run_fit(one, *args, f"--trainer.default_root_dir={one}")  # ddp.yaml: devices 2, num_nodes 1
+    run_nodes(two, 2, *args, f"--trainer.default_root_dir={two}", "--trainer.devices=1")
+
+    checkpoints = [torch.load(root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+                   for root in (one, two)]
+    assert checkpoints[0]["global_step"] == checkpoints[1]["global_step"] == 6
+    weights = [c["state_dict"] for c in checkpoints]
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+    moments = [[v for state in c["optimizer_states"][0]["state"].values() for v in state.values()] for c in checkpoints]
+    assert len(moments[0]) == len(moments[1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(*moments))
