@@ -21,5 +21,7 @@ def end_process_group() -> None:
     others would wait for in vain.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
+        nccl = torch.distributed.get_backend() == "nccl"
+        # NCCL's barrier is an all-reduce on a device: the rank's own, which Lightning made current
+        torch.distributed.barrier(device_ids=[torch.cuda.current_device()] if nccl else None)
         torch.distributed.destroy_process_group()
