@@ -22,6 +22,8 @@ from sapo_lightning.loop.checkpointing import RunCheckpoint, find_last
 from sapo_lightning.checks import ConfigError, RunFailed, missing_path
 from sapo_lightning.data import QueryDataModule
 from sapo_lightning.module import RLModule
+from sapo_lightning.loop.guard import NonFiniteTraining
+from sapo_lightning.loop.process_group import end_process_group
 from sapo_lightning.loop.threads import SMALL_MODEL, set_threads
 
 #: trainer.precision's values, as the one-line error lists them (Lightning's own spellings)
@@ -187,8 +189,13 @@ def main(args: list[str] | None = None) -> None:
         _exit_with(err, 2)
     except ArgumentError as err:
         _exit_with(_union_error(err), 2)
-    except RunFailed as err:  # a reward function or environment raised, or the run diverged; its checkpoints stay
+    except NonFiniteTraining as err:  # the run diverged: every rank stopped at the same step
+        end_process_group()
         _exit_with(err, 1)
+    except RunFailed as err:  # a reward function or environment raised on this rank; its checkpoints stay
+        _exit_with(err, 1)
+    else:
+        end_process_group()  # every rank finished the run
 
 
 def _not_a_tip(record: logging.LogRecord) -> bool:

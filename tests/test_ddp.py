@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+import json
 from pathlib import Path
 
+import pytest
 import torch
-from multiprocess_fit import ROOT, run_fit  # tests/ is on sys.path under pytest
+from multiprocess_fit import ROOT, run_fit, run_nodes  # tests/ is on sys.path
 
 pytestmark = pytest.mark.slow  # a 2-process fit in a subprocess
 
@@ -98,3 +99,47 @@ def test_ddp_dynamic_sampling_draws_as_many_rounds_on_every_rank(tmp_path):
     steps, calls = zip(*rank0["batch_ends"])
     assert steps == (2, 4, 6, 8) and calls[-1] > 4  # some batch drew more than one round
     assert torch.equal(rank0["policy"], rank1["policy"])
+
+
+@pytest.mark.parametrize("end", ["finished", "non-finite stop"])
+def test_ddp_ranks_exit_without_a_process_group(tmp_path, end):
+    """Every rank destroys the process group before the interpreter exits, after a finished run (exit 0) and after
+    the non-finite stop all ranks take together (exit 1): no gloo thread is left to abort the process at exit."""
+    probe = tmp_path / "probe"
+    stop = ["--model.max_nonfinite_steps=2", "--trainer.callbacks+=test_nonfinite.InfGradient",
+            "--trainer.callbacks.steps=[3, 4]", "--trainer.callbacks.rank=1"] if end == "non-finite stop" else []
+    run_fit(
+        tmp_path, f"--config={ROOT / 'configs' / 'sapo.yaml'}", f"--config={ROOT / 'configs' / 'ddp.yaml'}",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.max_steps=6", "--trainer.val_check_interval=6",
+        "--trainer.enable_progress_bar=false", "--data.val_size=8",
+        "--trainer.callbacks+=exit_probe.ExitProbe", f"--trainer.callbacks.out={probe}", *stop,
+        status=1 if stop else 0,
+    )
+    for rank in (0, 1):
+        state = json.loads((probe / f"rank{rank}.json").read_text())
+        assert not state["initialized"], rank
+        assert not [name for name in state["threads"] if "gloo" in name], (rank, state["threads"])
+
+
+def test_two_nodes_of_one_process_train_as_one_node_of_two(tmp_path):
+    """trainer.num_nodes=2 with one process per node, started by hand on localhost (MASTER_ADDR, MASTER_PORT,
+    NODE_RANK, WORLD_SIZE): global ranks 0 and 1 draw the same queries and all-reduce the same gradients as the
+    two processes of one node, so the final checkpoint is the same, bit for bit."""
+    one, two = tmp_path / "one_node", tmp_path / "two_nodes"
+    args = [f"--config={ROOT / 'configs' / 'sapo.yaml'}", f"--config={ROOT / 'configs' / 'ddp.yaml'}",
+            "--trainer.max_steps=6", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"]
+    for root in (one, two):
+        root.mkdir()
+    run_fit(one, *args, f"--trainer.default_root_dir={one}")  # ddp.yaml: devices 2, num_nodes 1
+    run_nodes(two, 2, *args, f"--trainer.default_root_dir={two}", "--trainer.devices=1")
+
+    checkpoints = [torch.load(root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+                   for root in (one, two)]
+    assert checkpoints[0]["global_step"] == checkpoints[1]["global_step"] == 6
+    weights = [c["state_dict"] for c in checkpoints]
+    assert weights[0].keys() == weights[1].keys()
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+    moments = [[v for state in c["optimizer_states"][0]["state"].values() for v in state.values()] for c in checkpoints]
+    assert len(moments[0]) == len(moments[1]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(*moments))
