@@ -50,15 +50,15 @@ def test_the_first_message_is_the_prompt_and_what_reset_returns_from_the_columns
 
 def test_a_tool_call_runs_the_method_and_its_result_is_the_observation():
     env = calculator(environment_args={"offset": 10})
-    assert env.step("Let me add.\n" + call("add", '{"a": 2, "b": 3}')) == Step("15", 0.0, False)
-    assert env.step(call("echo", '{"text": "hi"}')) == Step("hi", 0.0, False)
-    assert env.step(call("history", "{}")) == Step("[[\"add\", 2, 3]]", 0.0, False)
+    assert env.step("Let me add.\n" + call("add", '{"a": 2, "b": 3}')) == Step("15", 0.0, False, "tool")
+    assert env.step(call("echo", '{"text": "hi"}')) == Step("hi", 0.0, False, "tool")
+    assert env.step(call("history", "{}")) == Step("[[\"add\", 2, 3]]", 0.0, False, "tool")
 
 
 def test_several_calls_in_a_turn_give_one_result_a_line():
     env = calculator()
     turn = call("add", '{"a": 1, "b": 1}') + "\n" + call("divide", '{"a": 9, "b": 2}')
-    assert env.step(turn) == Step("2\n4.5", 0.0, False)
+    assert env.step(turn) == Step("2\n4.5", 0.0, False, "tool")
     assert env.env.calls == [("add", 1, 1)]
 
 
@@ -80,7 +80,7 @@ def test_arguments_are_cast_to_the_schema_types():
 )
 def test_a_bad_call_is_no_crash_its_error_is_the_tool_result(turn, result):
     env = calculator()
-    assert env.step(turn) == Step(result, 0.0, False)
+    assert env.step(turn) == Step(result, 0.0, False, "tool")
     assert env.env.calls == []
     assert env.step("5").done  # the episode goes on
 
@@ -165,7 +165,7 @@ def other_format() -> dict:
 @needs_parser
 def test_a_response_template_gives_the_format():
     env = calculator(response_template=other_format())
-    assert env.step('<call>{"name": "add", "arguments": {"a": 1, "b": 2}}</call>') == Step("3", 0.0, False)
+    assert env.step('<call>{"name": "add", "arguments": {"a": 1, "b": 2}}</call>') == Step("3", 0.0, False, "tool")
     assert env.step(call("add", '{"a": 1, "b": 2}')).done  # Hermes calls are plain text in this format
 
 
@@ -215,7 +215,7 @@ def test_a_class_that_answers_the_wrong_type_fails_in_one_line():
 def test_without_transformers_parser_the_hermes_fallback_runs_the_calls(monkeypatch):
     monkeypatch.setattr(tool_calls, "parse_response", None)
     env = calculator()
-    assert env.step(call("add", '{"a": 2, "b": 3}')) == Step("5", 0.0, False)
+    assert env.step(call("add", '{"a": 2, "b": 3}')) == Step("5", 0.0, False, "tool")
     assert env.step("<tool_call>{oops</tool_call>").observation.startswith("Error: the tool call is not valid: ")
     assert env.step("5") == Step(None, 1.0, True)
     with pytest.raises(ConfigError, match=r"^response_template: a response template needs transformers >= 5.13"):

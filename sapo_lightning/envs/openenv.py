@@ -13,7 +13,7 @@ from typing import Any
 
 from sapo_lightning.checks import ConfigError, fail
 from sapo_lightning.envs.environment import Step
-from sapo_lightning.text.reward_binding import _resolve as resolve_path
+from sapo_lightning.checks import resolve_import
 
 OBSERVATION_BASE = ("done", "reward", "metadata")  # fields every OpenEnv Observation has
 
@@ -70,7 +70,7 @@ class OpenEnvEnvironment:
         instructions: str | None = None,
     ) -> None:
         base, self._action_base, self._observation_base = _openenv()
-        cls = resolve_path("environment", environment)
+        cls = resolve_import("environment", environment)
         if not isinstance(cls, type) or not issubclass(cls, base):
             fail("environment", "an OpenEnv Environment subclass (openenv.core.env_server.interfaces.Environment)",
                  environment)
@@ -155,7 +155,7 @@ class OpenEnvEnvironment:
                 fail("action", f"set: {env_cls.__name__}'s step names no Action class (annotate its action "
                      "parameter, or give an Action class or a function str -> Action)", None)
         else:
-            cls = resolve_path("action", action)
+            cls = resolve_import("action", action)
             if not isinstance(cls, type):
                 return cls  # a function str -> Action
             if not issubclass(cls, self._action_base):
@@ -188,7 +188,7 @@ class OpenEnvEnvironment:
         if not isinstance(observation, str) or not observation:
             fail("observation", "a field name, an import path of a function Observation -> str, or null", observation)
         if "." in observation:
-            return resolve_path("observation", observation)
+            return resolve_import("observation", observation)
 
         def field(obs: Any) -> Any:
             if observation not in type(obs).model_fields:

@@ -117,7 +117,8 @@ class EnvTask(Task):
         environments = [self._build(row) for row in rows]
         firsts = [self._call(env, "reset", row, 0, row) for env, row in zip(environments, rows)]
         messages = [self._opening(first) for first in firsts]
-        texts = [self._render(m, add_generation_prompt=True) for m in messages]
+        texts = [self._render(m, add_generation_prompt=True, tools=getattr(env, "tools", None))  # a ToolEnv's tools
+                 for m, env in zip(messages, environments)]
         ids, attention = pad_left([self._encode(t, first=True) for t in texts], self.tokenizer.pad_token_id)
         device = queries.input_ids.device
         prompts = Prompts(ids.to(device), attention.to(device), texts, queries.columns)
@@ -152,10 +153,11 @@ class EnvTask(Task):
         system = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
         return system + [{"role": "user", "content": first}]
 
-    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool, tools: list | None = None) -> str:
         if not self.chat:
             return "\n".join(m["content"] for m in messages)
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        return self.tokenizer.apply_chat_template(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                                  tokenize=False)
 
     def _encode(self, text: str, first: bool = False) -> list[int]:
         """Token ids of environment or template text: special tokens as the template wrote them."""

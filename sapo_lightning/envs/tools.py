@@ -21,7 +21,7 @@ from sapo_lightning.checks import ConfigError, fail
 from sapo_lightning.envs.environment import Step
 from sapo_lightning.envs.tool_calls import parse_tool_calls
 from sapo_lightning.text.reward_binding import RewardFunctions, RewardSpec
-from sapo_lightning.text.reward_binding import _resolve as resolve_path
+from sapo_lightning.checks import resolve_import
 
 HIDDEN = ("reset", "reward")  # public methods of the class that are not tools
 
@@ -99,7 +99,7 @@ class ToolEnv:
         tokenizer: str | None = None,
     ) -> None:
         get_json_schema, schema_errors = _schema_builder()
-        cls = resolve_path("environment", environment)
+        cls = resolve_import("environment", environment)
         if not isinstance(cls, type):
             fail("environment", "a class whose public methods are the tools", environment)
         if environment_args is not None and not isinstance(environment_args, Mapping):
@@ -159,10 +159,10 @@ class ToolEnv:
         try:
             calls = parse_tool_calls(completion, self._template, self.tools)
         except ValueError as err:
-            return Step(observation=f"Error: the tool call is not valid: {_one_line(err)}")
+            return Step(observation=f"Error: the tool call is not valid: {_one_line(err)}", role="tool")
         if not calls:
             return Step(reward=self._score(completion), done=True)
-        return Step(observation="\n".join(self._call(call) for call in calls))
+        return Step(observation="\n".join(self._call(call) for call in calls), role="tool")
 
     def _call(self, call: Any) -> str:
         """One tool call's result, or what is wrong with it, as text."""
