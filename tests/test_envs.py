@@ -106,7 +106,8 @@ def test_a_stateful_environment_sees_exactly_its_own_episodes_turns(rows):
     for row, env in enumerate(rollout.episodes.environments):
         assert isinstance(env, Counting) and env.row["topic"] == f"t{row // 2}"
         tokens, mask = rollout.responses[row][rollout.attention[row]], rollout.mask[row][rollout.attention[row]]
-        said = [task.tokenizer.decode(tokens[a:b], skip_special_tokens=True) for a, b in segments(mask)]
+        turns = [tokens[a:b].tolist() for a, b in segments(mask)]
+        said = [task.tokenizer.decode(t[:-1] if t[-1] == NEWLINE else t, skip_special_tokens=True) for t in turns]
         assert env.heard == said[: len(env.heard)] and len(env.heard) >= len(said) - 1  # a truncated turn is unheard
         assert env.heard == [m["content"] for m in rollout.episodes.transcripts[row] if m["role"] == "assistant"]
 
@@ -195,3 +196,56 @@ def test_episodes_longer_than_the_models_context_are_refused(rows):
 def test_a_chat_template_whose_turn_end_is_no_stop_token_is_refused(rows):
     with pytest.raises(ConfigError, match=r"stop_token_ids must hold the token that closes an assistant message"):
         make_task(rows, stop_token_ids=None)
+
+
+class ScriptedDecoder:
+    """A policy's turns read from a script: every live row says the script's next line, then the newline."""
+
+    def __init__(self, tokenizer, script: list[str], ids: torch.Tensor, attention: torch.Tensor) -> None:
+        self.tokenizer, self.script, self.ids, self.attention = tokenizer, list(script), ids, attention.long()
+
+    def turn(self, live, budget, generator, greedy):
+        from sapo_lightning.lm.turns import Turn
+
+        tokens = torch.tensor(self.tokenizer.encode(self.script.pop(0), add_special_tokens=False) + [NEWLINE])
+        n, t = len(live), len(tokens)
+        grid, mask = tokens.repeat(n, 1), live[:, None].expand(n, t).clone()
+        self.ids = torch.cat([self.ids, torch.where(mask, grid, 0)], 1)
+        self.attention = torch.cat([self.attention, mask.long()], 1)
+        return Turn(torch.where(mask, grid, 0), torch.where(mask, -1.0, 0.0), mask, live.clone())
+
+    def extend(self, blocks):
+        width = max(map(len, blocks))
+        for name, fill in (("ids", 0), ("attention", 0)):
+            rows = [[fill] * (width - len(b)) + (b if name == "ids" else [1] * len(b)) for b in blocks]
+            setattr(self, name, torch.cat([getattr(self, name), torch.tensor(rows, dtype=torch.long)], 1))
+
+
+class ScriptedPolicy:
+    pad_token = 0
+
+    def __init__(self, tokenizer, script: list[str]) -> None:
+        self.tokenizer, self.script = tokenizer, script
+
+    def turns(self, ids, attention, reuse_cache=True):
+        return ScriptedDecoder(self.tokenizer, self.script, ids, attention)
+
+
+def test_a_tool_environment_runs_the_called_tool_and_answers_in_the_tool_role(tmp_path):
+    rows = tmp_path / "tools.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"What is 2 + {b}?", "answer": 2 + b}) + "\n" for b in (3, 5)))
+    env = {"class_path": "sapo_lightning.envs.tools.ToolEnv", "init_args": {"environment": "tool_envs.Calculator"}}
+    task = EnvTask(env, str(rows), ASCII, val_file=str(rows), max_turns=3, max_new_tokens=80,
+                   max_episode_tokens=1000, stop_token_ids=[NEWLINE])
+    call = '<tool_call>{"name": "add", "arguments": {"a": 2, "b": 3}}</tool_call>'
+    policy = ScriptedPolicy(task.tokenizer, [call, "The answer is 5."])
+    prompts, rollout = task.sample(policy, task.collate(task.data.train_rows[:1]))
+    transcript = rollout.episodes.transcripts[0]
+    assert [(m["role"], m["content"]) for m in transcript[-3:]] == [
+        ("assistant", call), ("tool", "5"), ("assistant", "The answer is 5.")]
+    assert rollout.episodes.ended.tolist() == [Episodes.ENDINGS.index("done")] and rollout.episodes.turns.tolist() == [2]
+    assert task.rewards(prompts, rollout).total.tolist() == [1.0]  # Calculator.reward: the answer is in the last turn
+    tokens, mask = rollout.responses[0][rollout.attention[0]], rollout.mask[0][rollout.attention[0]]
+    (start, end), = segments(~mask)
+    assert tokens[start:end].tolist() == task.reply_tokens("5", "tool", True)
+    assert task.tokenizer.decode(tokens[start:end]) == "tool: 5\nassistant: "  # the ASCII template's tool role

@@ -232,6 +232,8 @@ class _Talk:
         self.task, self.environments, self.rows = task, environments, rows
 
     def step(self, row: int, turn: int, tokens: list[int]) -> tuple[str, Step]:
+        if tokens and tokens[-1] in self.task.stop_token_ids:  # the turn's text, without its end-of-turn token
+            tokens = tokens[:-1]
         text = self.task.tokenizer.decode(tokens, skip_special_tokens=True)
         return text, self.task._call(self.environments[row], "step", self.rows[row], turn, text)
 
