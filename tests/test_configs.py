@@ -26,6 +26,8 @@ FSDP = CONFIGS / "fsdp.yaml"  # an overlay for the HF configs; its 2-process run
 RECIPE = CONFIGS / "text_gsm8k.yaml"  # a real model on a GPU: parsed, and built with a tiny stand-in
 # the real model on a CPU: trained 2 steps in tests/test_smollm2.py, and with a tiny GGUF stand-in in test_pretrained.py
 SMOLLM2 = CONFIGS / "smollm2_arithmetic.yaml"
+# a reasoning-gym dataset on the real model: parsed here, trained 2 steps with a tiny stand-in in tests/test_reasoning_gym.py
+REASONING_GYM = CONFIGS / "smollm2_reasoning_gym.yaml"
 HF = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="hf_tiny needs the [hf] extra")
 PEFT = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="lora needs the [peft] extra")
 
@@ -102,7 +104,7 @@ def dotted_keys(tree: dict, prefix: str = "") -> list[str]:
 def test_the_tests_cover_every_shipped_config():
     shipped = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if p.parent.name != "studies"}
     covered = {f"{b}.yaml" for b in BASES} | {f"objectives/{o}.yaml" for o in OBJECTIVES} | {"ddp.yaml", RECIPE.name}
-    covered |= {LORA.name, FSDP.name, SMOLLM2.name}
+    covered |= {LORA.name, FSDP.name, SMOLLM2.name, REASONING_GYM.name}
     assert shipped == covered
 
 
@@ -117,7 +119,7 @@ def test_configuration_doc_lists_every_config_with_its_kind():
     (studies_row,) = re.findall(r"^\| `configs/studies/\*\.yaml` .*$", doc, re.MULTILINE)
     for study in (CONFIGS / "studies").glob("*.yaml"):
         assert f"`{study.stem}`" in studies_row, study.name
-    full = {f"{b}.yaml" for b in BASES} | {RECIPE.name, SMOLLM2.name}
+    full = {f"{b}.yaml" for b in BASES} | {RECIPE.name, SMOLLM2.name, REASONING_GYM.name}
     overlays = {f"objectives/{o}.yaml" for o in OBJECTIVES} | {DDP.name, LORA.name, FSDP.name}
     assert listed == {name: "full" for name in full} | {name: "overlay" for name in overlays}
 
@@ -217,6 +219,18 @@ def test_text_recipe_parses(capsys):
     assert resolved["model"]["policy"]["class_path"] == "sapo_lightning.lm.policy.CausalLMPolicy"
     task = resolved["data"]["task"]["init_args"]
     assert [r["function"].rsplit(".", 1)[1] for r in task["rewards"]] == ["numeric_answer", "regex_format"]
+
+
+def test_reasoning_gym_recipe_parses_with_the_arithmetic_recipes_hyperparameters(capsys):
+    resolved = resolve(capsys, ["--config", str(REASONING_GYM)])
+    task = resolved["data"]["task"]
+    assert task["class_path"] == "sapo_lightning.envs.reasoning_gym.ReasoningGymTask"
+    assert task["init_args"]["dataset"] and task["init_args"]["config"] is None  # the dataset's defaults: switch it alone
+    arithmetic = resolve(capsys, ["--config", str(SMOLLM2)])
+    for key in ("model", "trainer", "sync", "checkpoint", "seed_everything"):
+        assert resolved[key] == arithmetic[key], key
+    assert {k: v for k, v in resolved["data"].items() if k != "task"} == {
+        k: v for k, v in arithmetic["data"].items() if k != "task"}
 
 
 @pytest.mark.slow
