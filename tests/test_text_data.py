@@ -165,6 +165,24 @@ def test_long_prompts_are_dropped_and_counted_never_truncated(tmp_path, ascii_di
         PromptDataset(path, ascii_dir, 2, val_file=path)
 
 
+
+def test_columns_in_memory_serve_as_a_file_does_and_keep_their_values(tmp_path, ascii_dir):
+    """A mapping of columns reads as the same rows from a file, and its values reach the batch as they are
+    (a tuple inside a dict, which Arrow would turn into a list)."""
+    columns = {"prompt": [row["prompt"] for row in ROWS], "answer": [row["answer"] for row in ROWS],
+               "entry": [{"range": (i, i + 1)} for i in range(len(ROWS))]}
+    in_memory = PromptDataset(columns, ascii_dir, 64, val_file={"prompt": ["hi", "ho"], "answer": [1, 2]})
+    from_file = PromptDataset(write(tmp_path / "p.jsonl", ROWS), ascii_dir, 64, val_fraction=0.25)
+    assert sorted(r["text"] for r in in_memory.train_rows) == sorted(r["text"] for r in from_file.train_rows + from_file.val_rows)
+    batch = in_memory.collate(in_memory.train_rows[:2])
+    assert batch.columns["entry"] == [{"range": (0, 1)}, {"range": (1, 2)}]
+    assert [r["text"] for r in in_memory.eval_rows("val", 5, 0)] == ["hi", "ho"]
+    with pytest.raises(ConfigError, match=r"val_file must be columns of one length \(one value per row\)"):
+        PromptDataset(columns, ascii_dir, 64, val_file={"prompt": ["hi"], "answer": [1, 2]})
+    with pytest.raises(ConfigError, match=r"train_file must be rows with at least one prompt of at most "
+                                          r"max_prompt_length=2 tokens; got '12 rows, all longer'"):
+        PromptDataset(columns, ascii_dir, 2, val_file=columns)
+
 # -- bad input -------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "case, message",

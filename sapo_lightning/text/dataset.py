@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -120,6 +120,10 @@ class PromptDataset:
     prompt is tokenized once, at load; a prompt is never truncated. The file's other columns
     (answers, test cases...) travel with each prompt to the reward functions.
 
+    Instead of a file, each of ``train_file``, ``val_file`` and ``test_file`` may be columns held in
+    memory (a mapping of column name to one value per row), as a task that generates its prompts
+    passes them; their values are kept as they are (no Arrow conversion).
+
     Training: each epoch is a permutation of the training rows drawn from the run's seed; rank r
     of W takes every W-th row of it from r on (all ranks the same count), and batch i of a rank
     is items [i·B, (i+1)·B) of its rows of epoch 0, 1, 2... in turn, so a resumed run sees the
@@ -147,13 +151,13 @@ class PromptDataset:
 
     def __init__(
         self,
-        train_file: str,
+        train_file: str | Mapping[str, Sequence],
         tokenizer: str,
         max_prompt_length: int,
-        val_file: str | None = None,
+        val_file: str | Mapping[str, Sequence] | None = None,
         val_fraction: float = 0.1,
         split_seed: int = 0,
-        test_file: str | None = None,
+        test_file: str | Mapping[str, Sequence] | None = None,
         prompt_column: str | None = "prompt",
         chat: bool = False,
         too_long: str = "drop",
@@ -174,9 +178,16 @@ class PromptDataset:
         self._permutations: dict[tuple[int, int], list[int]] = {}  # (seed, epoch) -> order, the two latest drawn
 
     # -- loading -----------------------------------------------------------------------------
-    def _load(self, option: str, path: str) -> list[dict]:
-        """Rows ``{"input_ids", "text", "columns"}`` of one file, in file order, too long ones dropped."""
-        columns = read_columns(option, path)
+    def _load(self, option: str, source: str | Mapping[str, Sequence]) -> list[dict]:
+        """Rows ``{"input_ids", "text", "columns"}`` of one file or of columns in memory, in order, too long ones
+        dropped."""
+        if isinstance(source, Mapping):
+            columns = {name: list(values) for name, values in source.items()}
+            lengths = {len(values) for values in columns.values()}
+            if len(lengths) > 1:
+                fail(option, "columns of one length (one value per row)", {k: len(v) for k, v in columns.items()})
+        else:
+            columns = read_columns(option, source)
         if self.prompt_column is None:  # rows for environments, which write the prompts themselves
             count = len(next(iter(columns.values()), []))
             return [{"input_ids": [], "text": "", "columns": {name: values[i] for name, values in columns.items()}}
@@ -190,7 +201,7 @@ class PromptDataset:
             {"input_ids": row_ids, "text": text, "columns": {name: values[i] for name, values in columns.items()}}
             for i, ((text, _), row_ids) in enumerate(zip(rendered, ids))
         ]
-        return self._filter(option, path, rows)
+        return self._filter(option, source, rows)
 
     def _render(self, where: str, prompt: Any) -> tuple[str, bool]:
         """The text the policy reads, and whether the chat template wrote it."""
@@ -214,7 +225,7 @@ class PromptDataset:
                     ids[i] = row_ids
         return ids
 
-    def _filter(self, option: str, path: str, rows: list[dict]) -> list[dict]:
+    def _filter(self, option: str, source: str | Mapping[str, Sequence], rows: list[dict]) -> list[dict]:
         """The rows of at most ``max_prompt_length`` tokens; longer ones dropped (counted) or refused."""
         limit = self.max_prompt_length
         empty = [i for i, row in enumerate(rows) if not row["input_ids"]]
@@ -230,7 +241,10 @@ class PromptDataset:
             rank_zero_info(f"{option}: {dropped}")
         kept = [row for row in rows if len(row["input_ids"]) <= limit]
         if not kept:
-            fail(option, f"a file with at least one prompt of at most max_prompt_length={limit} tokens", path)
+            need = f"at least one prompt of at most max_prompt_length={limit} tokens"
+            if isinstance(source, Mapping):
+                fail(option, f"rows with {need}", f"{len(rows)} rows, all longer")
+            fail(option, f"a file with {need}", source)
         return kept
 
     def _split(self, rows: list[dict]) -> tuple[list[dict], list[dict]]:
