@@ -38,9 +38,8 @@ class RLModule(LightningModule):
 
     B queries get G responses each from π_old; rewards become group-relative advantages; the batch is
     split into ``mini_batches`` parts of whole groups, one optimizer step each, passed over
-    ``updates_per_rollout`` times. The objective's diagnostics are logged under ``train/``, whatever it
-    is. A fit needs :class:`~sapo_lightning.callbacks.OldPolicySync` (``sapo-lightning fit`` adds it).
-    Each argument in full: docs/configuration.md.
+    ``updates_per_rollout`` times. The objective's diagnostics are logged under ``train/``, whatever it is.
+    A fit needs :class:`~sapo_lightning.callbacks.OldPolicySync`. Every argument in full: docs/configuration.md.
 
     Args:
         policy: Policy class and its own arguments; the task supplies vocabulary and lengths.
@@ -143,7 +142,7 @@ class RLModule(LightningModule):
 
     def update(self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
                chunks: list[slice], shares: list[Tensor | None]) -> dict[str, Tensor]:
-        """One optimizer step on a mini-batch: each chunk's gradient accumulates, then the guarded step; its diagnostics."""
+        """One optimizer step on a mini-batch: the chunks' gradients accumulate, then the guarded step; diagnostics."""
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         losses, parts = [], []
@@ -194,7 +193,7 @@ class RLModule(LightningModule):
             self.check_trainer(self.trainer)
 
     def keep_old_copy(self, keep: bool) -> None:
-        """π_old as a frozen copy (lagged), or the live policy refreshed before every rollout (called by OldPolicySync)."""
+        """π_old a frozen copy (lagged), or the live policy refreshed before every rollout (OldPolicySync calls it)."""
         self.frozen.keep_old_copy(keep)
 
     def sync_old_policy(self) -> None:
@@ -222,15 +221,15 @@ class RLModule(LightningModule):
         self.guard.load_state_dict(checkpoint)
         fit_to_run(checkpoint, self.state_dict(), self.policy, self.old_policy, self.ref_policy)
 
-    # -- evaluation ----------------------------------------------------------------------
+    # -- evaluation: greedy decoding (and pass@k) of fixed queries; means over the set at x = global_step ----------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.log_evaluation(evaluate(self.policy, self.task, batch["queries"], self.pass_k, batch_idx), "val")
+        self.eval_metrics.log(self, evaluate(self.policy, self.task, batch["queries"], self.pass_k, batch_idx), "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.log_evaluation(evaluate(self.policy, self.task, batch["queries"], self.pass_k, batch_idx), "test")
+        self.eval_metrics.log(self, evaluate(self.policy, self.task, batch["queries"], self.pass_k, batch_idx), "test")
 
-    def log_evaluation(self, values: dict[str, Tensor], stage: str) -> None:
-        """Each value ``[B]`` into its mean over the whole set, logged as ``<stage>/<name>``."""
-        for key, metric in self.eval_metrics.update(values, stage).items():
-            self.log(key, metric, on_epoch=True, prog_bar=key.split("/", 1)[1] in ("reward", "exact_match"),
-                     metric_attribute=f"eval_metrics.{key}")
+    def on_validation_epoch_end(self) -> None:
+        self.eval_metrics.log_epoch(self, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self.eval_metrics.log_epoch(self, "test")

@@ -97,8 +97,8 @@ def test_logged_values_are_the_mean_min_max_of_the_updates_since_the_last_log_po
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     logged = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-    # the optimizer step axis, x = global_step - 1: every 3rd optimizer step, so windows cross rollout batches
-    assert [step for step, _ in logged["train/gate_mean"]] == [2, 5, 8, 11]
+    # the optimizer step axis, x = global_step: every 3rd optimizer step, so windows cross rollout batches
+    assert [step for step, _ in logged["train/gate_mean"]] == [3, 6, 9, 12]
     for i, (_, value) in enumerate(logged["train/gate_mean"]):
         window = objective.calls[3 * i : 3 * (i + 1)]  # 3 optimizer steps
         assert value == pytest.approx(sum(c.metrics["gate_mean"].item() for c in window) / 3, rel=1e-6)

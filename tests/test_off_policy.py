@@ -62,8 +62,8 @@ def test_defaults_spelt_out_are_the_plain_loop(tmp_path, updates):
                 log_dir=tmp_path / "spelt")
     assert torch.equal(params(plain), params(spelt))
     assert (tmp_path / "plain" / "metrics.csv").read_text() == (tmp_path / "spelt" / "metrics.csv").read_text()
-    # logged at every optimizer step, x = global_step - 1
-    assert [step for step, _ in logged(tmp_path / "plain")["train/loss"]] == list(range(6))
+    # logged at every optimizer step, x = global_step (the optimizer steps done)
+    assert [step for step, _ in logged(tmp_path / "plain")["train/loss"]] == list(range(1, 7))
 
 
 def test_each_mini_batch_is_an_optimizer_step_and_only_the_first_is_on_policy(tmp_path):
@@ -83,9 +83,9 @@ def test_each_mini_batch_is_an_optimizer_step_and_only_the_first_is_on_policy(tm
         else:
             assert spread > 1e-4, step
     values = logged(tmp_path)
-    assert [step for step, _ in values["train/ratio_max"]] == list(range(12))
-    first = [value for step, value in values["train/ratio_max"] if step % 4 == 0]
-    later = [value for step, value in values["train/ratio_max"] if step % 4]
+    assert [step for step, _ in values["train/ratio_max"]] == list(range(1, 13))
+    first = [value for step, value in values["train/ratio_max"] if step % 4 == 1]
+    later = [value for step, value in values["train/ratio_max"] if step % 4 != 1]
     assert first == pytest.approx([1.0] * 3, abs=1e-6) and min(later) > 1 + 1e-4
 
 
@@ -184,7 +184,7 @@ def test_entropy_bonus_step_is_the_gradient_of_the_mean_entropy(tmp_path):
     assert torch.allclose(params(module), expected, rtol=0, atol=1e-6)
     assert not torch.allclose(params(module), torch.cat([p.detach().flatten() for p in policy.parameters()]))
     (bonus,) = logged(tmp_path)["train/entropy_bonus"]
-    assert bonus == (0, pytest.approx(-c * entropy.item(), rel=1e-5))
+    assert bonus == (1, pytest.approx(-c * entropy.item(), rel=1e-5))
 
 
 def test_entropy_bonus_keeps_the_entropy_up():

@@ -111,7 +111,8 @@ def test_transformer_config_trains_through_the_cli(tmp_path):
     assert any(k.startswith("policy.blocks.1.attn") for k in state["state_dict"])
     events = EventAccumulator(str(run))
     events.Reload()
-    assert [e.step for e in events.Scalars("train/reward")] == [0, 1, 2]
+    assert [e.step for e in events.Scalars("train/reward")] == [1, 2, 3]
+    assert [e.step for e in events.Scalars("val/exact_match")] == [3]  # the axis of train/* and of step=3.ckpt
     assert all(0 <= e.value <= 1 for e in events.Scalars("val/exact_match"))
 
 

@@ -28,15 +28,29 @@ def evaluate(policy: Policy, task: Task, queries: Any, pass_k: int | None, seed:
 
 
 class EvalMetrics(nn.ModuleDict):
-    """``<stage>/<name>`` -> a :class:`~torchmetrics.MeanMetric` over the whole set, made at a name's first value."""
+    """``<stage>/<name>`` -> a :class:`~torchmetrics.MeanMetric` over the whole set, made at a name's first value.
 
-    def update(self, values: dict[str, Tensor], stage: str) -> dict[str, MeanMetric]:
-        """Add each value ``[B]`` (NaN: does not apply, left out) to its metric; the metrics updated, by key."""
-        updated = {}
+    The progress bar, the callbacks (a checkpoint monitor) and the results table of ``validate`` and ``test``
+    read the means through ``module.log``. In a fit the loggers get them at the epoch's end at x = global_step,
+    the axis of ``train/*``, so that a validation after 10 optimizer steps is the point at 10, as
+    ``step=10.ckpt`` (Lightning's own logging would put it at its count of training batches)."""
+
+    def log(self, module: Any, values: dict[str, Tensor], stage: str) -> None:
+        """Add each value ``[B]`` (NaN: does not apply, left out) to its mean, logged as ``<stage>/<name>``."""
         for name, value in values.items():
             key = f"{stage}/{name}"
             if key not in self:  # a task's names are known at its first evaluation
                 self[key] = MeanMetric(nan_strategy="ignore").to(value.device)
             self[key].update(value)
-            updated[key] = self[key]
-        return updated
+            module.log(key, self[key], on_epoch=True, prog_bar=name in ("reward", "exact_match"),
+                       logger=module.trainer.state.fn != "fit", metric_attribute=f"eval_metrics.{key}")
+
+    def log_epoch(self, module: Any, stage: str) -> None:
+        """In a fit, the ``stage`` means (synchronised across ranks) to the module's loggers at x = global_step; none
+        in the sanity check before training."""
+        if module.trainer.state.fn != "fit" or module.trainer.sanity_checking:
+            return
+        values = {key: metric.compute().item() for key, metric in self.items()
+                  if key.startswith(f"{stage}/") and metric.update_called}
+        for logger in module.loggers:
+            logger.log_metrics(values, step=module.global_step)

@@ -126,7 +126,8 @@ def rollout_diagnostics(rewards: Rewards, groups: GroupAdvantages, rollout: Roll
 
 def log_train_diagnostics(module: Any, diagnostics: Diagnostics, extra: dict[str, float]) -> None:
     """Every ``trainer.log_every_n_steps`` optimizer steps of ``module``: the diagnostics' mean/min/max since the
-    last log, and ``extra`` values, as ``train/<name>`` at x = global_step − 1 (the first step is 0)."""
+    last log, and ``extra`` values, as ``train/<name>`` at x = global_step: the optimizer steps done, the axis of
+    ``val/*`` and of the checkpoints' names (``step=10.ckpt`` holds the weights after the point at x = 10)."""
     every = module.trainer.log_every_n_steps
     if not every or module.global_step % every:
         return
@@ -138,7 +139,7 @@ def log_train_diagnostics(module: Any, diagnostics: Diagnostics, extra: dict[str
     metrics = {f"train/{name}": value.item() for name, value in values.items()}
     metrics |= {f"train/{name}": value for name, value in extra.items()} | {"epoch": module.current_epoch}
     for logger in module.loggers:
-        logger.log_metrics(metrics, step=module.global_step - 1)
+        logger.log_metrics(metrics, step=module.global_step)
 
 
 def episode_diagnostics(rollout: Rollout) -> dict[str, Tensor]:
