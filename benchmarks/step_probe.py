@@ -133,6 +133,9 @@ def run_case(args: list[str], threads: int = 1, timeout: float = 1800, root: str
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     import step_probe  # the CLI instantiates the callback from this module's import name
     from sapo_lightning.cli import main
 
