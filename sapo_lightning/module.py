@@ -130,7 +130,7 @@ class RLModule(LightningModule):
         rollout_stats = rollout_diagnostics(rewards, groups, rollout) | sampling | correction
         for update in range(self.updates_per_rollout):  # the first step is on-policy, the later ones stale
             for index, (rows, chunks, shares) in enumerate(plan):
-                metrics = self.update(data.take(rows), chunks, shares, first=update == index == 0)
+                metrics = self.update(data.take(rows), chunks, shares, update == index == 0)
                 self.train_diagnostics.record(rollout_stats | metrics)
                 log_train_diagnostics(self, self.train_diagnostics, {"nonfinite_steps": self.guard.skipped})
 
