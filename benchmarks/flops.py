@@ -178,7 +178,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per shape; the best counts")
     parser.add_argument("--all-shapes", action="store_true", help="also the float32 table at every layer shape")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {args.threads} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"torch {torch.__version__}, {args.threads} threads, CPU capability {capability}, "
           f"load average before: {os.getloadavg()[0]:.1f}\n")
     print_precision_rates(precision_rates(args.threads, args.repeats))
     print(f"| memory bandwidth (torch.add, 2^25 floats), GB/s | {bandwidth(args.threads, args.repeats):.1f} | | | |")

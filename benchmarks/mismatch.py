@@ -54,8 +54,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"load average {os.getloadavg()[0]:.1f}\n")
-    print("| precision | attention | symbols | max \\|Δ log p\\| | mean \\|Δ log p\\| | tokens that differ | mismatch_kl "
-          "| ratio outside [0.9, 1.1] |\n|---|---|---|---|---|---|---|---|")
+    print("| precision | attention | symbols | max \\|Δ log p\\| | mean \\|Δ log p\\| | tokens that differ "
+          "| mismatch_kl | ratio outside [0.9, 1.1] |\n|---|---|---|---|---|---|---|---|")
     for precision in PRECISIONS:
         for attention in ("sdpa", "eager"):
             for length in (4, 8):

@@ -1,7 +1,7 @@
 """What ``model.recompute_old_log_probs`` costs: seconds per step of ``sapo-lightning fit`` without and with it.
 
-    python benchmarks/recompute_cost.py                                   # configs/hf_tiny.yaml, 100 steps, 3 runs a side
-    python benchmarks/recompute_cost.py --bf16 --steps 60 --runs 2        # the same under configs/bf16.yaml
+    python benchmarks/recompute_cost.py                              # configs/hf_tiny.yaml, 100 steps, 3 runs a side
+    python benchmarks/recompute_cost.py --bf16 --steps 60 --runs 2   # the same under configs/bf16.yaml
 
 Each run is a fresh process (one torch thread) that times ``fit`` alone, start-up excluded, without
 validation or checkpoints. The sides alternate (A B B A ...) so that load from other processes falls on
@@ -32,7 +32,8 @@ SIDES = {"sampled old log-probs": "false", "recompute_old_log_probs": "true"}
 def run(args: list[str], steps: int) -> tuple[float, float]:
     """(wall, CPU) milliseconds per step of one fit with ``args``."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", RUN.format(args=args)], cwd=ROOT, env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", RUN.format(args=args)], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
     seconds = [line.split()[1:] for line in out.stdout.splitlines() if line.startswith("SECONDS")]
     if not seconds:
         raise SystemExit(f"fit failed:\n{out.stderr[-3000:]}")
@@ -48,8 +49,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per side")
     args = parser.parse_args()
     base = ["--config", args.config, *(["--config", "configs/bf16.yaml"] if args.bf16 else []),
-            f"--trainer.max_steps={args.steps}", "--trainer.limit_val_batches=0", "--trainer.enable_checkpointing=false",
-            "--trainer.enable_progress_bar=false", "--threads=1"]
+            f"--trainer.max_steps={args.steps}", "--trainer.limit_val_batches=0",
+            "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false", "--threads=1"]
     times: dict[str, list[tuple[float, float]]] = {side: [] for side in SIDES}
     print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
     for i in range(args.runs):

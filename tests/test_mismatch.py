@@ -54,8 +54,8 @@ def logged(log_dir) -> dict[str, list[float]]:
     return {name: [float(r[name]) for r in rows if r[name]] for name in rows[0] if name.startswith("train/")}
 
 
-@pytest.mark.parametrize(("precision", "dtype", "exact"), [("32-true", "float32", True), ("bf16-mixed", "float32", False),
-                                                           ("32-true", "bfloat16", False)])
+@pytest.mark.parametrize(("precision", "dtype", "exact"), [
+    ("32-true", "float32", True), ("bf16-mixed", "float32", False), ("32-true", "bfloat16", False)])
 def test_the_mismatch_reads_zero_in_float32_and_more_in_bf16(tmp_path, precision, dtype, exact):
     fit(tmp_path, precision=precision, dtype=dtype)
     values = logged(tmp_path)
@@ -105,13 +105,15 @@ def test_the_corrections_weights_reach_the_objective_per_token(tmp_path):
         rollout_correction={"kind": "mis", "level": "token", "cap": 1.0})
     assert all(0 < frac < 1 for frac in logged(tmp_path)["train/rollout_is_clipped_frac"])
     assert all(len(call["advantages"]) == 2 for call in objective.calls)  # [N, T]: per-token advantages
-    fit(tmp_path / "f32", recompute_old_log_probs=True, rollout_correction={"kind": "tis", "level": "token", "cap": 1.0})
+    fit(tmp_path / "f32", recompute_old_log_probs=True,
+        rollout_correction={"kind": "tis", "level": "token", "cap": 1.0})
     assert logged(tmp_path / "f32")["train/rollout_is_mean"] == pytest.approx([1.0, 1.0], abs=1e-6)
 
 
 def test_a_correction_without_recompute_is_refused_in_one_line():
-    with pytest.raises(ConfigError, match=r"^recompute_old_log_probs must be true with a rollout_correction \(it "
-                                          r"weighs π_old's recomputed log-probs against the sampled ones\); got False$"):
+    message = (r"^recompute_old_log_probs must be true with a rollout_correction \(it weighs π_old's recomputed "
+               r"log-probs against the sampled ones\); got False$")
+    with pytest.raises(ConfigError, match=message):
         RLModule(lambda task: CausalLMPolicy(task, model_config=LLAMA), SAPO(), TASK,
                  rollout_correction={"kind": "tis"})
 

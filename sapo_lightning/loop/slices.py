@@ -33,10 +33,12 @@ def update_slices(n: int, parts: int, size: int | None) -> list[slice]:
     return slices
 
 
-def update_plan(mask: Tensor, parts: int, size: int | None, aggregation: str) -> list[tuple[slice, list[slice],
-                                                                                             list[Tensor | None]]]:
-    """Per mini-batch of a rollout batch with loss mask ``mask`` ``[N, T]``: its rows, its micro-batches' rows
-    within it, and each one's weight in its loss."""
+#: per mini-batch: its rows, its micro-batches' rows within it, and each one's weight in its loss
+Plan = list[tuple[slice, list[slice], list[Tensor | None]]]
+
+
+def update_plan(mask: Tensor, parts: int, size: int | None, aggregation: str) -> Plan:
+    """The :data:`Plan` of a rollout batch with loss mask ``mask`` ``[N, T]`` cut into ``parts`` mini-batches."""
     return [(rows, *micro_batch_plan(mask[rows], size, aggregation)) for rows in mini_batch_slices(len(mask), parts)]
 
 
