@@ -1,12 +1,18 @@
-"""The physical limit of a step: this machine's float32 matmul peak, a step's useful FLOPs, each phase's utilisation.
+"""The physical limit of a step: this machine's matmul peaks, a step's useful FLOPs, each phase's utilisation.
 
-    python benchmarks/flops.py --threads 2                     # the peak alone (GFLOP/s), at SmolLM2's shapes
-    python benchmarks/vs_trl.py --task smollm2                 # prints this table for our frozen runs
+    python benchmarks/flops.py --threads 2                     # float32 and bfloat16 peaks (GFLOP/s), SmolLM2's shapes
+    python benchmarks/vs_trl.py --task smollm2                 # prints the float32 table for our frozen runs
 
 Peak: the best of ``--repeats`` timed ``torch.mm`` calls (after a warm-up) of a square 2048 matrix
 and of the model's layer shapes, ``[M, d] x [d, d_ff]`` and the like, at M = the rows of one
 decoding step (64) and of the update's forward (1024). Memory bandwidth: the best of timed
 ``torch.add(a, b, out=c)`` on 2^25 floats (3 x 4 bytes per element), the ceiling of the optimizer.
+
+By precision (the command above): the same ``torch.mm`` at four shapes (the update's MLP up, the decoding
+step's lm_head and q projection, the 2048 square) in three kernel paths: float32 tensors (MKL's sgemm),
+bfloat16 tensors (oneDNN, on AVX512-BF16 or AMX where the CPU has them), and float32 tensors with
+``torch.backends.mkldnn.matmul.fp32_precision = "bf16"`` (oneDNN rounds the inputs to bf16 inside the
+kernel: the weights and activations stay float32 in memory).
 
 Useful FLOPs of one step (N = all parameters, the tied embedding matrix counted once; V x d of them
 are that matrix; a lookup costs no FLOPs, the lm_head matmul 2·V·d per position whose logits are used):
@@ -28,6 +34,7 @@ which the batched loops still compute), attention's score and value products (ab
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -63,6 +70,44 @@ def matmul_peaks(threads: int, repeats: int = 5, shape: dict[str, int] = SMOLLM2
         rates[label] = 2 * m * k * n / best_seconds(lambda: torch.mm(a, b, out=out), repeats) / 1e9
     rates["peak"] = max(rates.values())
     return rates
+
+
+def mm_rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
+    """GFLOP/s of ``torch.mm`` of ``[m, k] x [k, n]`` random ``dtype`` matrices, the best of ``repeats`` calls."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=generator).to(dtype), torch.randn(k, n, generator=generator).to(dtype)
+    out = torch.empty(m, n, dtype=dtype)
+    return 2 * m * k * n / best_seconds(lambda: torch.mm(a, b, out=out), repeats) / 1e9
+
+
+#: (label, (m, k, n)) of the precision table: SmolLM2's update MLP, decoding lm_head and projection, a large square
+PRECISION_SHAPES = [("[1024, 576] x [576, 1536] (update, MLP up)", (1024, 576, 1536)),
+                    ("[64, 576] x [576, 49152] (decoding, lm_head)", (64, 576, 49152)),
+                    ("[64, 576] x [576, 576] (decoding, q, o)", (64, 576, 576)),
+                    ("2048 x 2048 x 2048", (2048, 2048, 2048))]
+
+
+def precision_rates(threads: int, repeats: int = 3) -> dict[str, tuple[float, float, float]]:
+    """GFLOP/s by shape label: (float32, bfloat16, float32 computed by oneDNN in bf16)."""
+    torch.set_num_threads(threads)
+    rates = {}
+    for label, (m, k, n) in PRECISION_SHAPES:
+        f32, bf16 = mm_rate(m, k, n, torch.float32, repeats), mm_rate(m, k, n, torch.bfloat16, repeats)
+        before = torch.backends.mkldnn.matmul.fp32_precision
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        try:
+            implicit = mm_rate(m, k, n, torch.float32, repeats)
+        finally:
+            torch.backends.mkldnn.matmul.fp32_precision = before
+        rates[label] = (f32, bf16, implicit)
+    return rates
+
+
+def print_precision_rates(rates: dict[str, tuple[float, float, float]]) -> None:
+    print("| torch.mm, GFLOP/s | float32 | bfloat16 | bf16 / float32 | float32, oneDNN fp32_precision=bf16 |\n"
+          "|---|---|---|---|---|")
+    for label, (f32, bf16, implicit) in rates.items():
+        print(f"| {label} | {f32:.1f} | {bf16:.1f} | {bf16 / f32:.2f}x | {implicit:.1f} |")
 
 
 def bandwidth(threads: int, repeats: int = 5, elements: int = 1 << 25) -> float:
@@ -130,9 +175,18 @@ def print_utilisation(summary: dict[str, float], model_dir, threads: int, repeat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per shape; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per shape; the best counts")
+    parser.add_argument("--all-shapes", action="store_true", help="also the float32 table at every layer shape")
     args = parser.parse_args()
-    print_peaks(matmul_peaks(args.threads, args.repeats), bandwidth(args.threads, args.repeats))
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"torch {torch.__version__}, {args.threads} threads, CPU capability {capability}, "
+          f"load average before: {os.getloadavg()[0]:.1f}\n")
+    print_precision_rates(precision_rates(args.threads, args.repeats))
+    print(f"| memory bandwidth (torch.add, 2^25 floats), GB/s | {bandwidth(args.threads, args.repeats):.1f} | | | |")
+    if args.all_shapes:
+        print()
+        print_peaks(matmul_peaks(args.threads, args.repeats), bandwidth(args.threads, args.repeats))
+    print(f"\nload average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -19,17 +19,19 @@ from torch import Tensor
 
 from sapo_lightning.advantages import check_group, group_advantages_with_stats
 from sapo_lightning.callbacks import require_old_policy_sync
-from sapo_lightning.checks import check_int, check_number, check_optimizer, check_schedule, fail
+from sapo_lightning.checks import check_int, check_number, check_optimizer, check_schedule
 from sapo_lightning.loop.checkpoint_state import drop_frozen_weights, fit_to_run
 from sapo_lightning.loop.copies import FrozenPolicies
 from sapo_lightning.loop.dynamic_sampling import Draw, GroupFilter
 from sapo_lightning.loop.evaluation import EvalMetrics, evaluate
 from sapo_lightning.loop.guard import StepGuard
 from sapo_lightning.loop.metrics import Diagnostics, combine_micro_batches, log_train_diagnostics, rollout_diagnostics
-from sapo_lightning.loop.slices import micro_batch_plan, micro_batch_slices, mini_batch_slices
+from sapo_lightning.loop.slices import micro_batch_slices, update_plan
+from sapo_lightning.loop.update_data import OldLogProbs, UpdateData, mismatch_diagnostics
 from sapo_lightning.objectives import Objective, aggregate, k3_kl, masked_mean
 from sapo_lightning.policies import Policy
-from sapo_lightning.rollout import Rollout, concat_queries, concat_rollouts, take, take_rollout
+from sapo_lightning.rollout import Rollout, concat_queries, concat_rollouts, take
+from sapo_lightning.rollout_correction import RolloutCorrection
 from sapo_lightning.tasks import Task
 
 
@@ -58,6 +60,8 @@ class RLModule(LightningModule):
         micro_batch_size: Responses per forward/backward pass (None: all at once).
         beta: Weight of a k3 KL penalty to the initial policy (0: no reference).
         max_nonfinite_steps: Non-finite optimizer steps in a row that stop the run (None: never).
+        recompute_old_log_probs: Score each rollout with π_old in the update's own precision and micro-batches.
+        rollout_correction: Truncated or masked importance sampling from the sampler to π_old (None: off).
     """
 
     def __init__(
@@ -78,6 +82,8 @@ class RLModule(LightningModule):
         micro_batch_size: int | None = None,
         beta: float = 0.0,
         max_nonfinite_steps: int | None = 3,
+        recompute_old_log_probs: bool = False,
+        rollout_correction: RolloutCorrection | None = None,
     ) -> None:
         super().__init__()
         check_group(group_size, advantage_scale)
@@ -87,9 +93,6 @@ class RLModule(LightningModule):
         self.filter_groups, self.pass_k = filter_groups, check_int("pass_k", pass_k, 1, allow_none=True)
         self.updates_per_rollout = check_int("updates_per_rollout", updates_per_rollout, 1)
         self.mini_batches = check_int("mini_batches", mini_batches, 1)
-        if filter_groups and group_size < 2:
-            fail("filter_groups", f"false with group_size={group_size} (a group of one response has no spread "
-                 "to filter on)", filter_groups)
         self.entropy_coef = check_number("entropy_coef", entropy_coef, 0)
         check_optimizer(optimizer)
         self.optimizer_factory = optimizer
@@ -98,7 +101,8 @@ class RLModule(LightningModule):
         self.guard = StepGuard(max_nonfinite_steps, max_grad_norm)
         self.policy = policy(task)
         self.frozen = FrozenPolicies(self, reference=self.beta > 0)  # π_old and π_ref: old_policy, ref_policy
-        self.group_filter = GroupFilter(group_size, max_sampling_rounds, self.policy.pad_token)
+        self.old_log_probs = OldLogProbs(self, recompute_old_log_probs, rollout_correction)  # π_old's, corrected
+        self.group_filter = GroupFilter(group_size, max_sampling_rounds, self.policy.pad_token, filter_groups)
         self.train_diagnostics = Diagnostics()
         self.eval_metrics = EvalMetrics()
 
@@ -120,14 +124,12 @@ class RLModule(LightningModule):
                     self.task.rewards, self.trainer.strategy)
             groups = group_advantages_with_stats(rewards.total, self.group_size, self.advantage_scale)
             ref_log_probs = self.frozen.reference_log_probs(queries, rollout, self.micro_batch_size)  # [N, T] or None
-            # per mini-batch: its rows, its micro-batches' rows within it, and each one's weight in its loss
-            plan = [(rows, *micro_batch_plan(rollout.mask[rows], self.micro_batch_size, self.objective.aggregation))
-                    for rows in mini_batch_slices(len(queries), self.mini_batches)]
-        rollout_stats = rollout_diagnostics(rewards, groups, rollout) | sampling
-        for _ in range(self.updates_per_rollout):  # the first step is on-policy, the later ones stale
-            for rows, chunks, shares in plan:
-                metrics = self.update(take(queries, rows), take_rollout(rollout, rows), groups.advantages[rows],
-                                      take(ref_log_probs, rows), chunks, shares)
+            data, correction = self.old_log_probs.prepare(queries, rollout, groups.advantages, ref_log_probs)
+            plan = update_plan(data.mask, self.mini_batches, self.micro_batch_size, self.objective.aggregation)
+        rollout_stats = rollout_diagnostics(rewards, groups, rollout) | sampling | correction
+        for update in range(self.updates_per_rollout):  # the first step is on-policy, the later ones stale
+            for index, (rows, chunks, shares) in enumerate(plan):
+                metrics = self.update(data.take(rows), chunks, shares, update == index == 0)
                 self.train_diagnostics.record(rollout_stats | metrics)
                 log_train_diagnostics(self, self.train_diagnostics, {"nonfinite_steps": self.guard.skipped})
 
@@ -140,39 +142,37 @@ class RLModule(LightningModule):
                      for rows in micro_batch_slices(len(queries), self.micro_batch_size)]
         return concat_queries([q for q, _ in parts]), concat_rollouts([r for _, r in parts], self.policy.pad_token)
 
-    def update(self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
-               chunks: list[slice], shares: list[Tensor | None]) -> dict[str, Tensor]:
-        """One optimizer step on a mini-batch: the chunks' gradients accumulate, then the guarded step; diagnostics."""
+    def update(self, data: UpdateData, chunks: list[slice], shares: list[Tensor | None],
+               first: bool) -> dict[str, Tensor]:
+        """One optimizer step on a mini-batch (``first``: its rollout batch's first): each chunk's gradient
+        accumulates, then the guarded step; its diagnostics."""
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         losses, parts = [], []
         for index, (rows, share) in enumerate(zip(chunks, shares)):
             # under DDP the gradients are all-reduced once, at the last chunk's backward
             with optimizer.toggle_model(sync_grad=index == len(chunks) - 1) if len(chunks) > 1 else nullcontext():
-                loss, metrics = self.accumulate(take(queries, rows), take_rollout(rollout, rows), advantages[rows],
-                                                take(ref_log_probs, rows), share)
+                loss, metrics = self.accumulate(data.take(rows), share, first)
             losses.append(loss)
             parts.append(metrics)
         grad_norm = self.guard.step(optimizer, losses)  # skipped when a loss or the gradient norm is not finite
         return (parts[0] if len(parts) == 1 else combine_micro_batches(parts, shares)) | {"grad_norm": grad_norm}
 
-    def accumulate(self, queries: Any, rollout: Rollout, advantages: Tensor, ref_log_probs: Tensor | None,
-                   share: Tensor | None) -> tuple[Tensor, dict[str, Tensor]]:
+    def accumulate(self, data: UpdateData, share: Tensor | None, first: bool) -> tuple[Tensor, dict[str, Tensor]]:
         """Backward of one micro-batch's loss, weighted by its ``share`` of the mini-batch's (None: the
         whole mini-batch); the loss (unweighted, detached) and its diagnostics."""
-        bonus = self.entropy_coef > 0
-        scores = self.policy.score(queries, rollout.responses, entropy_grad=bonus, attention=rollout.attention)
-        out = self.objective(scores.log_probs, rollout.log_probs, advantages, rollout.mask)
-        loss = out.loss
-        metrics = {"loss": out.loss.detach(), "entropy": masked_mean(scores.entropy.detach(), rollout.mask)}
+        bonus, rollout, mask = self.entropy_coef > 0, data.rollout, data.mask
+        scores = self.policy.score(data.queries, rollout.responses, entropy_grad=bonus, attention=rollout.attention)
+        out = self.objective(scores.log_probs, data.old_log_probs, data.advantages, mask)
+        loss, metrics = out.loss, {"loss": out.loss.detach(), "entropy": masked_mean(scores.entropy.detach(), mask)}
+        metrics |= mismatch_diagnostics(scores.log_probs.detach(), rollout, first)  # the first step of a rollout only
         if bonus:
-            term = -self.entropy_coef * aggregate(scores.entropy, rollout.mask, self.objective.aggregation)
-            loss = loss + term
-            metrics["entropy_bonus"] = term.detach()
-        if ref_log_probs is not None:
-            kl = k3_kl(scores.log_probs, ref_log_probs)  # [n, T]
-            loss = loss + self.beta * aggregate(kl, rollout.mask, self.objective.aggregation)
-            metrics["ref_kl"] = masked_mean(kl.detach(), rollout.mask)
+            term = -self.entropy_coef * aggregate(scores.entropy, mask, self.objective.aggregation)
+            loss, metrics["entropy_bonus"] = loss + term, term.detach()
+        if data.ref_log_probs is not None:
+            kl = k3_kl(scores.log_probs, data.ref_log_probs)  # [n, T]
+            loss = loss + self.beta * aggregate(kl, mask, self.objective.aggregation)
+            metrics["ref_kl"] = masked_mean(kl.detach(), mask)
         self.manual_backward(loss if share is None else loss * share)
         return loss.detach(), metrics | out.metrics
 

@@ -4,7 +4,8 @@ Every objective is a callable ``objective(log_probs, old_log_probs, advantages, 
 
 - ``log_probs``      ``[N, T]`` float, log π_θ of the sampled tokens (carries the gradient);
 - ``old_log_probs``  ``[N, T]`` float, log π_old of the same tokens (a constant);
-- ``advantages``     ``[N]`` float, one advantage per response (a constant);
+- ``advantages``     ``[N]`` float, one advantage per response (a constant), or ``[N, T]``, one per token
+  (a response's advantage times a non-negative token weight: a rollout correction's);
 - ``mask``           ``[N, T]`` bool, True for real response tokens.
 
 It returns an :class:`ObjectiveOutput`: the scalar ``loss`` to minimise and a dict of
@@ -89,6 +90,11 @@ def check_aggregation(mode: str) -> str:
 def check_eps(name: str, value: float, below_one: bool = False) -> float:
     """A clip width: finite and >= 0; ``below_one`` keeps the lower bound 1 − ε above 0."""
     return check_number(name, value, 0, 1 if below_one else None, high_open=True)
+
+
+def token_advantages(advantages: Tensor) -> Tensor:
+    """Advantages ``[N]`` as ``[N, 1]`` (broadcast over each response's tokens); per-token ``[N, T]`` as they are."""
+    return advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
 
 
 def log_ratio(log_probs: Tensor, old_log_probs: Tensor) -> Tensor:
@@ -231,9 +237,9 @@ class SAPO(Objective):
         z = log_ratio(log_probs, old_log_probs)  # [N, T]
         gated_z = z if self.ratio_level == "token" else sequence_log_ratio(z, mask)  # [N, T]
         ratio = torch.exp(gated_z)  # [N, T]
-        adv = advantages.unsqueeze(-1)  # [N, 1]
-        positive = adv > 0  # [N, 1]
-        tau = torch.full_like(adv, self.tau_neg, dtype=ratio.dtype).masked_fill_(positive, self.tau_pos)  # [N, 1]
+        adv = token_advantages(advantages)  # [N, 1] or [N, T]
+        positive = adv > 0
+        tau = torch.full_like(adv, self.tau_neg, dtype=ratio.dtype).masked_fill_(positive, self.tau_pos)  # as adv
         sig = torch.sigmoid(tau * (ratio - 1))  # [N, T]
         f = (4 / tau) * sig  # [N, T]
         loss = aggregate(-f * adv, mask, self.aggregation)
@@ -244,11 +250,9 @@ class SAPO(Objective):
             masked_gate = gate * mask  # [N, T]
             n_tokens = mask.sum()
             metrics["gate_mean"] = masked_gate.sum() / n_tokens
-            # The advantage's sign is per response: split per-response sums, not [N, T] masks.
-            gate_sums, lengths = masked_gate.sum(-1), mask.sum(-1)  # [N] each
-            for name, side in (("gate_pos", advantages > 0), ("gate_neg", advantages < 0)):
+            for name, side in (("gate_pos", adv > 0), ("gate_neg", adv < 0)):  # [N, 1] or [N, T]
                 # masked sums, not boolean indexing: no device-to-host sync on GPU
-                metrics[name] = (gate_sums * side).sum() / (lengths * side).sum()  # NaN for an empty side
+                metrics[name] = (masked_gate * side).sum() / (mask * side).sum()  # NaN for an empty side
             metrics["soft_clip_frac"] = ((gate < 0.5) & mask).sum().to(gate.dtype) / n_tokens
         if self.ratio_level == "sequence":
             metrics.update(sequence_ratio_metrics(ratio, mask))
@@ -312,7 +316,7 @@ class GRPO(Objective):
     ) -> ObjectiveOutput:
         z = log_ratio(log_probs, old_log_probs)  # [N, T]
         ratio = torch.exp(z)  # [N, T]
-        adv = advantages.unsqueeze(-1)  # [N, 1]
+        adv = token_advantages(advantages)  # [N, 1] or [N, T]
         per_token, fracs = clipped_surrogate(ratio, adv, mask, self.eps_low, self.eps_high, self.dual_clip)
         loss = aggregate(per_token, mask, self.aggregation)
         return ObjectiveOutput(loss, ratio_metrics(z, ratio, mask) | fracs)
@@ -354,7 +358,7 @@ class GSPO(Objective):
     ) -> ObjectiveOutput:
         z = log_ratio(log_probs, old_log_probs)  # [N, T]
         seq_ratio = torch.exp(sequence_log_ratio(z, mask))  # [N, T], s_i on every token of i
-        adv = advantages.unsqueeze(-1)  # [N, 1]
+        adv = token_advantages(advantages)  # [N, 1] or [N, T]
         per_token, fracs = clipped_surrogate(seq_ratio, adv, mask, self.eps_low, self.eps_high)
         loss = aggregate(per_token, mask, "seq-mean-token-mean")
         metrics = ratio_metrics(z, torch.exp(z), mask) | sequence_ratio_metrics(seq_ratio, mask) | fracs
@@ -395,7 +399,7 @@ class CISPO(Objective):
         z = log_ratio(log_probs, old_log_probs)  # [N, T]
         ratio = torch.exp(z)  # [N, T]
         weight = ratio.clamp(1 - self.eps_low, 1 + self.eps_high).detach()  # [N, T]
-        loss = aggregate(-weight * advantages.unsqueeze(-1) * log_probs, mask, self.aggregation)
+        loss = aggregate(-weight * token_advantages(advantages) * log_probs, mask, self.aggregation)
         metrics = ratio_metrics(z, ratio, mask)
         with torch.no_grad():
             metrics["clip_frac_low"] = masked_mean((ratio < 1 - self.eps_low).to(ratio.dtype), mask)

@@ -23,6 +23,7 @@ DDP = CONFIGS / "ddp.yaml"  # an overlay beside the full configs
 LORA = CONFIGS / "lora.yaml"  # an overlay for the Hugging Face configs: LoRA adapters instead of every weight
 LORA_BASES = ["hf_tiny", "text_tiny"]
 FSDP = CONFIGS / "fsdp.yaml"  # an overlay for the HF configs; its 2-process run is tests/test_fsdp.py
+BF16 = CONFIGS / "bf16.yaml"  # an overlay for any HF config (the real model's included): bf16-mixed precision
 RECIPE = CONFIGS / "text_gsm8k.yaml"  # a real model on a GPU: parsed, and built with a tiny stand-in
 # the real model on a CPU: trained 2 steps in tests/test_smollm2.py, and with a tiny GGUF stand-in in test_pretrained.py
 SMOLLM2 = CONFIGS / "smollm2_arithmetic.yaml"
@@ -45,7 +46,7 @@ def case(base: str, name: str | None = None):
 
 # (base, objective overlay) pairs that are run; every pair is resolved
 RUNS = [case(base) for base in BASES] + [case("sapo", name) for name in OBJECTIVES] + [case("transformer", "grpo"), case("hf_tiny", "cispo")]
-RUNS += [case(base, "lora") for base in LORA_BASES]
+RUNS += [case(base, "lora") for base in LORA_BASES] + [case("hf_tiny", "bf16")]
 # a few quick steps: validate and save at step 2, small validation and batch for the token tasks
 QUICK = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
          "--trainer.enable_progress_bar=false", "--data.val_size=16"]
@@ -69,7 +70,7 @@ def config_args(base: str, *overlays: Path) -> list[str]:
 
 
 def overlay(name: str) -> Path:
-    return LORA if name == "lora" else CONFIGS / "objectives" / f"{name}.yaml"
+    return {"lora": LORA, "bf16": BF16}.get(name, CONFIGS / "objectives" / f"{name}.yaml")
 
 
 def resolve(capsys, args: list[str]) -> dict:
@@ -107,7 +108,7 @@ def dotted_keys(tree: dict, prefix: str = "") -> list[str]:
 def test_the_tests_cover_every_shipped_config():
     shipped = {p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if p.parent.name != "studies"}
     covered = {f"{b}.yaml" for b in BASES} | {f"objectives/{o}.yaml" for o in OBJECTIVES} | {"ddp.yaml", RECIPE.name}
-    covered |= {LORA.name, FSDP.name, SMOLLM2.name, REASONING_GYM.name, RETRY.name}
+    covered |= {LORA.name, FSDP.name, BF16.name, SMOLLM2.name, REASONING_GYM.name, RETRY.name}
     assert shipped == covered
 
 
@@ -123,7 +124,7 @@ def test_configuration_doc_lists_every_config_with_its_kind():
     for study in (CONFIGS / "studies").glob("*.yaml"):
         assert f"`{study.stem}`" in studies_row, study.name
     full = {f"{b}.yaml" for b in BASES} | {RECIPE.name, SMOLLM2.name, REASONING_GYM.name, RETRY.name}
-    overlays = {f"objectives/{o}.yaml" for o in OBJECTIVES} | {DDP.name, LORA.name, FSDP.name}
+    overlays = {f"objectives/{o}.yaml" for o in OBJECTIVES} | {DDP.name, LORA.name, FSDP.name, BF16.name}
     assert listed == {name: "full" for name in full} | {name: "overlay" for name in overlays}
 
 
@@ -182,6 +183,16 @@ def test_fsdp_overlay_sets_only_the_strategy_and_equal_forward_passes(capsys, ba
     assert without(resolved, keys) == without(resolve(capsys, config_args(base)), keys)
 
 
+@pytest.mark.parametrize("args", [pytest.param(config_args(base), marks=HF, id=base) for base in ("hf_tiny", "text_tiny")]
+                         + [pytest.param(["--config", str(SMOLLM2)], id="smollm2_arithmetic")])
+def test_bf16_overlay_sets_only_the_precision(capsys, args):
+    """Parsed only here (the real model is not loaded); hf_tiny runs it below, tests/test_mismatch.py its effects."""
+    resolved = resolve(capsys, [*args, "--config", str(BF16)])
+    assert resolved["trainer"]["precision"] == "bf16-mixed"
+    assert resolved["model"]["policy"]["init_args"]["dtype"] == "float32"  # float32 master weights
+    assert without(resolved, ["trainer.precision"]) == without(resolve(capsys, args), ["trainer.precision"])
+
+
 def scalars(run: Path) -> dict[str, list[float]]:
     (events,) = run.glob("events.out.tfevents.*")
     accumulator = EventAccumulator(str(events))
@@ -205,6 +216,9 @@ def test_config_trains_a_few_steps(tmp_path, base, name):
         assert saved_model["policy"]["init_args"]["lora"]["r"] == 8
         assert all(".lora_" in key for key in state["state_dict"] if key.startswith("policy."))
         name = None  # the base's objective
+    if name == "bf16":  # the base's objective, in bf16-mixed
+        assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"] == "bf16-mixed"
+        name = None
     if name:
         assert saved == yaml.safe_load(overlay(name).read_text())["model"]["objective"]
     else:

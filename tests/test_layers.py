@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).parents[1] / "sapo_lightning"
 #: Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = [
     {"checks", "seeds", "rollout"},  # config errors, seed streams, the types the loop passes around
-    {"advantages", "objectives", "tasks", "policies", "transformer", "lora", "pretrained", "data"},  # the algorithm
+    {"advantages", "objectives", "rollout_correction", "tasks", "policies", "transformer", "lora", "pretrained",
+     "data"},  # the algorithm
     {"loop"},  # the loop's internals
     {"module", "callbacks"},  # the LightningModule and the callbacks it needs
     {"text", "lm", "envs"},  # plug-ins that configs name: text tasks, causal-LM policies, environments

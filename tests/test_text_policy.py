@@ -172,8 +172,12 @@ def test_sampled_tokens_lie_in_the_truncated_set_and_their_log_probs_are_renorma
     assert kept.gather(-1, rollout.responses.unsqueeze(-1)).squeeze(-1)[rollout.mask].all()
     tempered = torch.log_softmax(logits / temperature, -1)
     kept_mass = tempered.exp().masked_fill(~kept, 0).sum(-1)  # [N, T]
-    expected = tempered.gather(-1, rollout.responses.unsqueeze(-1)).squeeze(-1) - kept_mass.log()
+    untruncated = tempered.gather(-1, rollout.responses.unsqueeze(-1)).squeeze(-1)  # [N, T]
+    expected = untruncated - kept_mass.log()
     torch.testing.assert_close(rollout.log_probs[rollout.mask], expected[rollout.mask], atol=1e-5, rtol=0)
+    # not the untruncated softmax's, above it by -log(kept mass): a full-vocabulary score would carry that factor into
+    # every ratio (trl#6789; trl#7269 replays vLLM's kept sets, vllm#49577, to remove it)
+    assert ((rollout.log_probs - untruncated)[rollout.mask] > 0.05).all()
     probs = torch.log_softmax(policy.sampling_logits(logits), -1).exp()
     torch.testing.assert_close(probs.masked_fill(~kept, 0).sum(-1), torch.ones(kept.shape[:2]))
 

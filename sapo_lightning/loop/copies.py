@@ -70,12 +70,22 @@ class FrozenPolicies:
         if self.host.ref_policy is None:
             return None
         with evaluating(self.host.ref_policy, self.host.policy) as reference:
-            return torch.cat([reference.score(take(queries, rows), rollout.responses[rows],
-                                              attention=take(rollout.attention, rows)).log_probs
-                              for rows in micro_batch_slices(len(rollout.responses), micro_batch_size)])
+            return log_probs(reference, queries, rollout, micro_batch_slices(len(rollout.responses), micro_batch_size))
+
+    @torch.no_grad()
+    def old_log_probs(self, queries: Any, rollout: Rollout, chunks: list[slice]) -> Tensor:
+        """π_old's log-probs ``[N, T]`` of the rollout's responses, scored chunk by chunk (the rows of ``chunks``)."""
+        with self.behaviour() as behaviour:
+            return log_probs(behaviour, queries, rollout, chunks)
 
     def eval(self) -> None:
         """Full copies stay in eval mode whatever the module's mode."""
         for frozen in (self.host.old_policy, self.host.ref_policy):
             if isinstance(frozen, Policy):
                 frozen.eval()
+
+
+def log_probs(policy: Policy, queries: Any, rollout: Rollout, chunks: list[slice]) -> Tensor:
+    """``policy``'s log-probs ``[N, T]`` of the rollout's responses, one ``score`` per chunk of rows."""
+    return torch.cat([policy.score(take(queries, rows), rollout.responses[rows],
+                                   attention=take(rollout.attention, rows)).log_probs for rows in chunks])

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from sapo_lightning.advantages import all_equal
 from sapo_lightning.rollout import Rollout, concat_queries, concat_rollouts, take, take_rollout
-from sapo_lightning.checks import check_int
+from sapo_lightning.checks import check_int, fail
 from sapo_lightning.tasks import Rewards
 
 
@@ -63,10 +63,14 @@ class GroupFilter:
         group_size: Responses per query (G).
         max_rounds: Most sampling rounds, the first included (1: filter, never draw more).
         pad_token: The policy's pad token, to join rollouts of different lengths.
+        enabled: Whether the module filters (``filter_groups``); a group of one response cannot be filtered.
     """
 
-    def __init__(self, group_size: int, max_rounds: int, pad_token: int) -> None:
-        self.group_size = group_size
+    def __init__(self, group_size: int, max_rounds: int, pad_token: int, enabled: bool = True) -> None:
+        if enabled and group_size < 2:
+            fail("filter_groups", f"false with group_size={group_size} (a group of one response has no spread "
+                 "to filter on)", enabled)
+        self.group_size, self.enabled = group_size, enabled
         self.max_rounds = check_int("max_sampling_rounds", max_rounds, 1)
         self.pad_token = pad_token
 
