@@ -135,6 +135,10 @@ def gguf_directory(option: str, path: Path) -> str:
 
 def dequantize(option: str, path: Path, out: Path) -> None:
     """Load a GGUF model and tokenizer through transformers (float32) and save them as plain files."""
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:  # transformers reads GGUF through gguf and refuses to without accelerate
+        raise ConfigError(f"{option}: reading a .gguf file needs {' and '.join(missing)} (pip install "
+                          f"\"sapo-lightning[gguf]\")")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,7 +155,7 @@ def dequantize(option: str, path: Path, out: Path) -> None:
             model.save_pretrained(out)
             tokenizer.save_pretrained(out)
     except ImportError as err:
-        raise ConfigError(f"{option}: reading a .gguf file needs the gguf package (pip install "
+        raise ConfigError(f"{option}: reading a .gguf file needs the [gguf] extra (pip install "
                           f"\"sapo-lightning[gguf]\"); {' '.join(str(err).split())}") from None
     except (ValueError, KeyError, OSError) as err:
         fail(option, f"a GGUF file transformers can read ({' '.join(str(err).split())[:200]})", str(path))

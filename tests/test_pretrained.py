@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,14 @@ def test_a_gguf_of_an_architecture_transformers_cannot_read_is_one_line(tmp_path
     with pytest.raises(ConfigError, match=r"^path must be a GGUF file transformers can read .*nosucharch"):
         resolve("path", str(path))
     assert not any((tmp_path / "cache" / "gguf").iterdir())  # nothing half-written stays
+
+
+def test_a_gguf_without_accelerate_names_the_extra(gguf_file, cache, monkeypatch):
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # as if not installed: import accelerate fails
+    with pytest.raises(ConfigError) as err:
+        resolve("path", str(gguf_file[0]))
+    assert str(err.value) == 'path: reading a .gguf file needs accelerate (pip install "sapo-lightning[gguf]")'
+    assert not (cache / "gguf").exists() or not any((cache / "gguf").iterdir())
 
 
 def fake_package(root: Path, name: str, files: list[str]) -> None:
