@@ -13,6 +13,7 @@ import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 
 from sapo_lightning.checks import ConfigError, fail, missing_path
+from sapo_lightning.files import apply_umask
 
 DESCRIPTION = "write the trained policy as a transformers model and tokenizer"
 #: keys of a fit's config.yaml that belong to the fit subcommand, not to the model or data
@@ -55,6 +56,7 @@ def export(
     module.on_load_checkpoint(state)  # the run's frozen weights and copies, as fit restores them
     module.load_state_dict(state["state_dict"])
     module.policy.export(str(target), lora=lora)
+    apply_umask(target)
     print(f"wrote {target}")
 
 

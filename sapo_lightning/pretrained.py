@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sapo_lightning.checks import ConfigError, fail, missing_path
+from sapo_lightning.files import apply_umask
 
 PACKAGE_PREFIX = "pkg:"
 #: a hub id: ``name`` or ``owner/name``, of letters, digits, ``-``, ``_`` and ``.``
@@ -124,6 +125,7 @@ def gguf_directory(option: str, path: Path) -> str:
     try:
         dequantize(option, path, staging)
         (staging / "source.json").write_text(json.dumps({"gguf": str(path), "sha256": digest}) + "\n")
+        apply_umask(staging, itself=True)  # others may share the cache as the umask allows
         try:
             os.replace(staging, target)
         except OSError:  # another process finished first: its copy is the same

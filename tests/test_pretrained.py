@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -92,6 +93,18 @@ def test_copies_of_a_gguf_file_share_one_cache_entry(gguf_file, tmp_path, cache)
     assert resolve("path", str(copies[1])) == first
     assert os.stat(Path(first) / "model.safetensors").st_mtime_ns == written  # not dequantized again
     assert [p.name for p in (cache / "gguf").iterdir()] == [Path(first).name]
+
+
+def test_the_cache_entry_takes_the_umask_s_modes(gguf_file, cache):
+    """safetensors writes 0600 and mkdtemp 0700; under umask 002 the entry is 0775 and its files 0664."""
+    previous = os.umask(0o002)
+    try:
+        directory = Path(resolve("path", str(gguf_file[0])))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o775
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o664}, modes
 
 
 def test_a_bf16_policy_loads_the_float32_copy_cast(gguf_file):
