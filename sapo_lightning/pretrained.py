@@ -26,8 +26,11 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_only
 
 from sapo_lightning.checks import ConfigError, fail, missing_path
 from sapo_lightning.files import apply_umask
@@ -114,6 +117,8 @@ def gguf_directory(option: str, path: Path) -> str:
     and reading it from this VM's disk takes 0.08 s more, against minutes of dequantizing and
     517 MB of float32 per entry. The directory appears whole or not at all (written aside, then
     renamed), so concurrent runs (DDP ranks) and a killed conversion never leave a half-written model.
+    A line on stdout (rank 0) says when the conversion starts, where it goes, and when it ends: for
+    SmolLM2 it took 20 s alone and minutes on a busy CPU, silent before.
     """
     path = path.resolve()
     digest = sha256_of(path)
@@ -122,6 +127,9 @@ def gguf_directory(option: str, path: Path) -> str:
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    started = time.monotonic()
+    say(f"{option}: dequantizing {path.name} to float32 into {target}; once per file, later runs reuse it "
+        f"(SAPO_LIGHTNING_CACHE moves the cache)")
     try:
         dequantize(option, path, staging)
         (staging / "source.json").write_text(json.dumps({"gguf": str(path), "sha256": digest}) + "\n")
@@ -133,7 +141,15 @@ def gguf_directory(option: str, path: Path) -> str:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    size = sum(f.stat().st_size for f in target.iterdir()) / 2**20
+    say(f"{option}: dequantized {path.name} in {time.monotonic() - started:.0f} s ({size:.0f} MiB)")
     return str(target)
+
+
+@rank_zero_only
+def say(line: str) -> None:
+    """A progress line on stdout, from rank 0 only (stderr keeps a config error to its one line)."""
+    print(line, flush=True)
 
 
 def sha256_of(path: Path) -> str:

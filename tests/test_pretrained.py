@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -54,10 +55,14 @@ def test_a_missing_relative_path_names_the_working_directory(tmp_path, monkeypat
         resolve("path", "missing.gguf")
 
 
-def test_a_gguf_file_is_dequantized_once_into_a_plain_directory(gguf_file, cache):
+def test_a_gguf_file_is_dequantized_once_into_a_plain_directory(gguf_file, cache, capsys):
     path, model = gguf_file
     directory = resolve("path", str(path))
     assert Path(directory).parent == cache / "gguf"
+    before, after = capsys.readouterr().out.splitlines()  # the long first conversion is announced, then timed
+    assert before == f"path: dequantizing tiny.gguf to float32 into {directory}; once per file, later runs reuse " \
+                     f"it (SAPO_LIGHTNING_CACHE moves the cache)"
+    assert re.fullmatch(r"path: dequantized tiny\.gguf in \d+ s \(\d+ MiB\)", after), after
     loaded = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)  # no gguf_file: plain files
     ids = torch.tensor([[5, 70, 71, 72, 258]])
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=0, atol=0)
@@ -67,6 +72,7 @@ def test_a_gguf_file_is_dequantized_once_into_a_plain_directory(gguf_file, cache
 
     written = os.stat(Path(directory) / "model.safetensors").st_mtime_ns
     assert resolve("path", str(path)) == directory  # the second run reuses the copy
+    assert capsys.readouterr().out == ""
     assert os.stat(Path(directory) / "model.safetensors").st_mtime_ns == written
     assert [p.name for p in (cache / "gguf").iterdir()] == [Path(directory).name]  # no staging left behind
 
