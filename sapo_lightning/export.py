@@ -6,9 +6,8 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import torch
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 
@@ -52,6 +51,8 @@ def export(
         fail("model.policy", "a policy that can export itself (sapo_lightning.lm.policy.CausalLMPolicy)",
              type(module.policy).__name__)
     module.policy.check_export(lora)  # before the checkpoint is read
+    import torch  # here, not at the top: bad arguments are refused without its 1-2 s import
+
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module.on_load_checkpoint(state)  # the run's frozen weights and copies, as fit restores them
     module.load_state_dict(state["state_dict"])
@@ -60,7 +61,7 @@ def export(
     print(f"wrote {target}")
 
 
-def build_module(config_path: Path) -> torch.nn.Module:
+def build_module(config_path: Path) -> Any:  # an RLModule, unnamed: parsing reads this module's annotations
     """The run's RLModule, built through LightningCLI from its config without running anything."""
     from sapo_lightning.cli import SAPOCLI  # imports Lightning: only once the arguments are checked
     from sapo_lightning.data import QueryDataModule
