@@ -76,6 +76,13 @@ class ProgressBar(TQDMProgressBar):
     skips the redraw of a training batch that ends less than ``refresh_interval`` after the last
     redraw; the last batch of the run is always drawn, and so are the validation and test bars.
 
+    It counts rollout batches, ``max_steps / steps_per_rollout`` in all (Lightning's bar takes
+    ``max_steps``, optimizer steps, and stopped at 20/40 with two per batch), and a resumed run's bar
+    starts at the batches already done with that total (Lightning's showed ``31/?``: it sets the
+    total at an epoch's start, which a run resumed mid-epoch skips). The ETA is tqdm's: the batches
+    left over the mean rate since the bar started, validation pauses so far included; validations not
+    yet run are not (before the first one it is short by their cost).
+
     Args:
         refresh_interval: Least seconds between two redraws of the training bar; 0 redraws at
             every batch.
@@ -87,6 +94,24 @@ class ProgressBar(TQDMProgressBar):
             fail("refresh_interval", "a number of seconds >= 0", refresh_interval)
         self.refresh_interval = refresh_interval
         self._last_draw = -math.inf
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """Rollout batches of the whole run, from step 0, when ``max_steps`` bounds it; else Lightning's count."""
+        trainer = self.trainer
+        if trainer.max_steps > 0:
+            per_batch = getattr(trainer.lightning_module, "steps_per_rollout", 1)
+            return min(trainer.num_training_batches, math.ceil(trainer.max_steps / per_batch))
+        return super().total_train_batches
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if trainer.global_step > 0 and self.train_progress_bar is not None:  # resumed: no epoch start resets it
+            done = trainer.global_step // getattr(pl_module, "steps_per_rollout", 1)
+            total = self.total_train_batches
+            self.train_progress_bar.total = None if math.isinf(total) else total  # None: tqdm's "?"
+            self.train_progress_bar.initial = self.train_progress_bar.n = done  # the rate counts this run's batches
+            self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch}")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -11,9 +11,10 @@ import importlib
 import math
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class ConfigError(ValueError):
@@ -112,6 +113,8 @@ def check_schedule(
 
 def check_optimizer(optimizer: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]) -> None:
     """Build the optimizer once on a dummy parameter, so that a bad ``lr`` fails before any run starts."""
+    import torch  # here: the commands that only check paths and numbers stay free of its import
+
     try:
         probe = optimizer([torch.nn.Parameter(torch.zeros(1))])
     except (TypeError, ValueError) as err:

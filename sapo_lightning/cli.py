@@ -41,11 +41,12 @@ GPU_ONLY_PRECISIONS = {"16-mixed", "16", 16}
 UNION_OPTIONS = {"trainer.precision": f"one of {PRECISIONS}", "threads": "a positive integer or auto"}
 
 #: What every run gets unless the config says otherwise: see :class:`RunCheckpoint`. Every 500 steps
-#: (as Hugging Face's Trainer): each save is two fsync'ed files, ~10 ms each on a VM disk, which every
+#: (as Hugging Face's Trainer): each save is an fsync'ed file, ~10 ms on a VM disk, which every
 #: 50 steps cost the seed run ~0.4 ms a step (docs/benchmarks.md); a run of slow steps can ask for more.
+#: ``last.ckpt`` is a symlink to the newest ``step=N.ckpt``, not a second copy (1.6 GB for SmolLM2).
 CHECKPOINT_DEFAULTS = {
     "checkpoint.filename": "{step}",
-    "checkpoint.save_last": True,
+    "checkpoint.save_last": "link",
     "checkpoint.every_n_train_steps": 500,
     "trainer.plugins": {"class_path": "sapo_lightning.loop.checkpointing.AtomicCheckpointIO"},
 }
@@ -54,10 +55,10 @@ CHECKPOINT_DEFAULTS = {
 class SAPOCLI(LightningCLI):
     """LightningCLI with the task shared between data and model, the old-policy sync, and checkpoints.
 
-    Every run saves ``step=N.ckpt`` and ``last.ckpt`` in its own version directory, every
+    Every run saves ``step=N.ckpt`` (and links ``last.ckpt`` to it) in its own version directory, every
     ``checkpoint.every_n_train_steps`` steps and when it ends, through a writer that is
-    atomic under ``kill -9``; ``fit --ckpt_path last`` resumes from the newest ``last.ckpt`` of
-    any run under the same root, loading with ``weights_only=True``. Unless the config names a
+    atomic under ``kill -9``; ``fit --ckpt_path last`` resumes from the newest checkpoint of
+    any run under the same root (:func:`find_last`), loading with ``weights_only=True``. Unless the config names a
     progress bar (or turns it off), the bar is :class:`ProgressBar`, redrawn twice a second.
     """
 
@@ -108,7 +109,7 @@ class SAPOCLI(LightningCLI):
             root = Path(logger.save_dir, logger.name) if logger else Path(self.trainer.default_root_dir)
             config["ckpt_path"] = find_last(root)
             if config["ckpt_path"] is None:
-                rank_zero_warn(f"--ckpt_path last: no last.ckpt under {root}; starting a new run")
+                rank_zero_warn(f"--ckpt_path last: no checkpoint under {root}; starting a new run")
         elif config.get("ckpt_path") is not None and not Path(config["ckpt_path"]).exists():  # sharded: a directory
             missing_path("ckpt_path", config["ckpt_path"])
 

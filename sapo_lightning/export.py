@@ -6,13 +6,13 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import torch
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 
 from sapo_lightning.checks import ConfigError, fail, missing_path
+from sapo_lightning.files import apply_umask
 
 DESCRIPTION = "write the trained policy as a transformers model and tokenizer"
 #: keys of a fit's config.yaml that belong to the fit subcommand, not to the model or data
@@ -51,14 +51,17 @@ def export(
         fail("model.policy", "a policy that can export itself (sapo_lightning.lm.policy.CausalLMPolicy)",
              type(module.policy).__name__)
     module.policy.check_export(lora)  # before the checkpoint is read
+    import torch  # here, not at the top: bad arguments are refused without its 1-2 s import
+
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     module.on_load_checkpoint(state)  # the run's frozen weights and copies, as fit restores them
     module.load_state_dict(state["state_dict"])
     module.policy.export(str(target), lora=lora)
+    apply_umask(target)
     print(f"wrote {target}")
 
 
-def build_module(config_path: Path) -> torch.nn.Module:
+def build_module(config_path: Path) -> Any:  # an RLModule, unnamed: parsing reads this module's annotations
     """The run's RLModule, built through LightningCLI from its config without running anything."""
     from sapo_lightning.cli import SAPOCLI  # imports Lightning: only once the arguments are checked
     from sapo_lightning.data import QueryDataModule

@@ -235,3 +235,22 @@ def test_fit_without_a_config_says_where_one_comes_from(tmp_path, capsys, monkey
     assert exit_.value.code == 2 and err.count("\n") == 1, err
     assert "arguments are required" in err and "--config configs/sapo.yaml" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_help_and_an_export_path_error_import_neither_torch_nor_lightning(tmp_path):
+    """Their answers need neither: the package's names are imported on first use (4-5 s of imports before)."""
+    code = ("import sys\nfrom sapo_lightning.commands import main\nmain(['--help'])\n"
+            "try:\n    main(['export', '--ckpt_path', 'nowhere.ckpt', '--output', 'out'])\nexcept SystemExit as e:\n"
+            "    print(e.code)\nprint(sorted(m for m in ('torch', 'lightning', 'transformers') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert run.stdout.splitlines()[-2:] == ["2", "[]"], run.stdout + run.stderr
+    assert run.stderr == f"sapo-lightning export: error: ckpt_path: no such file nowhere.ckpt (relative to the " \
+                         f"working directory {tmp_path})\n"
+
+
+def test_every_public_name_of_the_package_resolves():
+    import sapo_lightning
+
+    for name in sapo_lightning.__all__:
+        assert getattr(sapo_lightning, name).__name__ == name

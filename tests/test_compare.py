@@ -215,6 +215,37 @@ def test_report_tags_are_columns_of_their_runs_last_logged_values(study):
     assert all(r["val/nope"] == "nan" for r in runs)
 
 
+def run_series(reward: list[float], strict: float, soft_clip: list[float]) -> dict:
+    """One run's scalars as the runner reads them: three logged steps, and a final validation at step 11."""
+    steps = [0, 5, 11]
+    return {"val/reward": (steps, reward), "train/entropy": (steps, [1.0, 0.9, 0.8]),
+            "train/soft_clip_frac": (steps, soft_clip), "val/strict": ([11], [strict])}
+
+
+def test_the_plot_draws_a_once_logged_tag_as_a_dot_per_objective_and_no_second_soft_clip_panel():
+    pytest.importorskip("matplotlib")
+    from sapo_lightning.compare.report import figure
+
+    series = {"sapo": [run_series([0.1, 0.2, 0.3], 0.5, [0.0, 0.1, 0.2]),
+                       run_series([0.1, 0.3, 0.5], 0.7, [0.0, 0.0, 0.1])],
+              "grpo": [run_series([0.0, 0.1, 0.2], 0.4, [0.0] * 3), run_series([0.0, 0.1, 0.1], 0.4, [0.0] * 3)]}
+    fig = figure("t", series, "val/reward", ["val/strict", "train/soft_clip_frac"])
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["val/reward", "entropy", "approx KL", "soft clip (w<0.5) / clip fraction",
+                                                "val/strict, final: mean ± 95% CI"]
+    clip = shown[3]  # SAPO's soft-clip fraction, in its own panel: the mean of its seeds
+    assert list(clip.lines[0].get_ydata()) == pytest.approx([0.0, 0.05, 0.15])
+    once = shown[4]
+    assert [label.get_text() for label in once.get_xticklabels()] == ["sapo", "grpo"]
+    assert all(len(line.get_xdata()) == 1 for line in once.lines)  # dots, no line over a one-step axis
+    # sapo: mean 0.6, sd 0.1414, CI t_{0.975,1} 12.706 x 0.1414 / sqrt(2) = 1.2706; grpo: 0.4, no spread
+    dots = [container.lines[0] for container in once.containers]  # each errorbar's data line
+    assert [(*line.get_xdata(), *line.get_ydata()) for line in dots] == [(0, pytest.approx(0.6)), (1, pytest.approx(0.4))]
+    (bar,) = once.containers[0].lines[2][0].get_segments()
+    assert bar[:, 1] == pytest.approx([0.6 - 1.2706, 0.6 + 1.2706])
+    assert [text.get_text() for text in once.texts] == ["0.600 ± 1.271", "0.400 ± 0.000"]
+
+
 @pytest.mark.slow
 def test_tiny_grid_writes_plots_or_says_how_to_get_them(study):
     summary = (study / "summary.md").read_text()

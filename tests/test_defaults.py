@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from sapo_lightning import callbacks
@@ -55,6 +56,25 @@ def test_the_bar_redraws_at_most_once_per_interval_and_always_at_the_end(monkeyp
         bar.on_train_batch_end(SimpleNamespace(global_step=i + 1, max_steps=7, num_training_batches=float("inf")),
                                None, None, None, i)
     assert drawn == [0, 3, 6]  # the first batch, the first past 0.5 s after it, and the last of the run
+
+
+class BarProbe(Callback):
+    """Records the training bar's (n, initial, total) as the run ends, before the bar closes."""
+
+    seen: list[tuple] = []
+
+    def on_train_end(self, trainer, pl_module):
+        bar = trainer.progress_bar_callback.train_progress_bar
+        BarProbe.seen.append((bar.n, bar.initial, bar.total))
+
+
+def test_the_bar_counts_rollout_batches_and_a_resumed_run_starts_where_it_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(BarProbe, "seen", [])
+    for steps, resume in ((8, []), (16, ["--ckpt_path=last"])):  # 2 optimizer steps per batch: 4 then 8 batches
+        main(["fit", "--config", CONFIG, f"--trainer.default_root_dir={tmp_path}", f"--trainer.max_steps={steps}",
+              "--model.updates_per_rollout=2", "--data.val_size=8", "--trainer.callbacks+=test_defaults.BarProbe",
+              *resume])
+    assert BarProbe.seen == [(4, 0, 4), (8, 4, 8)]  # Lightning's: (4, 0, 8) then (8, 0, None), shown as 8/?
 
 
 def test_refresh_interval_is_checked():

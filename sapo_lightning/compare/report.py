@@ -68,9 +68,29 @@ def clip_fraction(scalars: dict) -> tuple[list[int], list[float]] | None:
     return None
 
 
-def plot_task(task: str, series: dict[str, list[dict]], metric: str, path: Path, report: list[str]) -> None:
-    """Reward, entropy, approx KL, clip fraction, the SAPO gate mean (where logged) and each ``report`` tag
-    against step: a line and a band (:data:`BAND`) per objective, four panels a row."""
+def logged_once(series: dict[str, list[dict]], tag: str) -> bool:
+    """Whether every run that logged ``tag`` logged it at one step only (a validation at the end, say)."""
+    curves = [s[tag] for runs in series.values() for s in runs if tag in s]
+    return bool(curves) and all(len(steps) == 1 for steps, _ in curves)
+
+
+def draw_final(ax, series: dict[str, list[dict]], tag: str) -> None:
+    """A tag logged once per run: a dot per objective at its mean over seeds, a bar of its 95% CI, the value
+    written above it; objectives along the x axis (the numbers of the summary table's ``final`` column)."""
+    for index, (objective, runs) in enumerate(series.items()):
+        mean, half = mean_ci([s[tag][1][-1] for s in runs if tag in s])
+        if not math.isfinite(mean):
+            continue
+        ax.errorbar([index], [mean], yerr=[half] if math.isfinite(half) else None, fmt="o", capsize=4,
+                    color=f"C{index % 10}", label=objective)
+        ax.annotate(fmt(mean, half, 3), (index, mean), xytext=(0, 8), textcoords="offset points", ha="center",
+                    va="bottom", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+    ax.set_xticks(range(len(series)), list(series), rotation=20, ha="right")
+    ax.set_xlim(-0.5, len(series) - 0.5)
+
+
+def figure(task: str, series: dict[str, list[dict]], metric: str, report: list[str]):
+    """The task's matplotlib figure (see :func:`plot_task`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,12 +100,17 @@ def plot_task(task: str, series: dict[str, list[dict]], metric: str, path: Path,
               ("clip", "soft clip (w<0.5) / clip fraction")]
     if any(GATE in s for runs in series.values() for s in runs):
         panels.append((GATE, "gate mean"))
-    panels += [(tag, tag) for tag in report if tag not in (tag for tag, _ in panels)]
+    shown = {tag for tag, _ in panels} | {SOFT_CLIP}  # SAPO's soft-clip fraction is the clip panel's
+    panels += [(tag, tag) for tag in report if tag not in shown]
     rows = math.ceil(len(panels) / 4)
     fig, axes = plt.subplots(rows, 4, figsize=(18, 4 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, (tag, title) in zip(axes.flat, panels):
+        if logged_once(series, tag):
+            draw_final(ax, series, tag)
+            ax.set_title(f"{title}, final: mean ± 95% CI")
+            continue
         for index, (objective, runs) in enumerate(series.items()):
             curves = [clip_fraction(s) if tag == "clip" else s.get(tag) for s in runs]
             steps, mean, low, high = seed_band([c for c in curves if c])
@@ -102,5 +127,16 @@ def plot_task(task: str, series: dict[str, list[dict]], metric: str, path: Path,
     axes.flat[0].legend()
     fig.suptitle(f"{task}: {BAND}")
     fig.tight_layout()
+    return fig
+
+
+def plot_task(task: str, series: dict[str, list[dict]], metric: str, path: Path, report: list[str]) -> None:
+    """Reward, entropy, approx KL, clip fraction, the SAPO gate mean (where logged) and each ``report`` tag
+    against step: a line and a band (:data:`BAND`) per objective, four panels a row. A tag every run logged
+    once is a dot per objective with its 95% CI (:func:`draw_final`); a report of ``train/soft_clip_frac``
+    adds no panel, the clip panel shows it."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(task, series, metric, report)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -13,10 +13,8 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-import torch
 import yaml
 
-from sapo_lightning import cli
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.compare.study import Cell
 
@@ -25,6 +23,8 @@ Scalars = dict[str, tuple[list[int], list[float]]]  # tag -> (steps, values)
 
 def check_cell(cell: Cell) -> None:
     """Parse the cell as ``sapo-lightning fit`` would (``--print_config``: nothing runs or is written)."""
+    from sapo_lightning import cli  # Lightning, imported once a study has passed the checks that need none
+
     args = ["fit", "--config", str(cell.base), "--config", yaml.safe_dump(cell.overlay), "--print_config"]
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
@@ -54,6 +54,8 @@ def redirect_output(path: str | Path) -> Iterator[None]:
 
 
 def init_worker(threads: int, spawned: bool = True) -> None:
+    import torch
+
     torch.set_num_threads(threads)
     if spawned:  # the parent's `compare ...` argv is no concern of the fits (LightningCLI would warn)
         del sys.argv[1:]
@@ -61,6 +63,8 @@ def init_worker(threads: int, spawned: bool = True) -> None:
 
 def fit_cell(args: list[str], log_file: str) -> tuple[float, str | None]:
     """``sapo-lightning *args`` in this process; returns (seconds, error or None)."""
+    from sapo_lightning import cli
+
     start = time.perf_counter()
     error = None
     with redirect_output(log_file):

@@ -107,6 +107,13 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 def find_last(root: str | os.PathLike) -> str | None:
-    """The newest ``last*.ckpt`` of any run under ``root`` (``<root>/version_*/checkpoints/``), or None."""
-    found = [p for p in Path(root).glob("*/checkpoints/last*.ckpt") if re.fullmatch(r"last(-v\d+)?\.ckpt", p.name)]
-    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+    """The newest checkpoint of any run under ``root`` (``<root>/version_*/checkpoints/*.ckpt``), or None.
+
+    ``last.ckpt`` (a symlink to its run's newest ``step=N.ckpt``) is chosen over the file it names.
+    Lightning relinks it by removing it and linking anew, so a ``kill -9`` in that instant can leave it
+    missing or naming a removed file; the newest step file that exists is then the run's end.
+    """
+    found = [p for p in Path(root).glob("*/checkpoints/*.ckpt") if p.exists()]  # exists(): a dangling link is not
+    newest = max(found, key=lambda p: (p.stat().st_mtime_ns, re.fullmatch(r"last(-v\d+)?\.ckpt", p.name) is not None),
+                 default=None)
+    return None if newest is None else str(newest)

@@ -1,1 +1,4 @@
-"""Reinforcement learning on text: prompt datasets, reward functions, causal-LM policies."""
+"""Reinforcement learning on text: prompt datasets, ``PromptTask``, reward functions, ``TextSamples``.
+
+The causal-LM policy that samples and scores text lives in :mod:`sapo_lightning.lm`.
+"""

@@ -19,6 +19,7 @@ from sapo_lightning.checks import ConfigError, check_choice, check_int, check_nu
 from sapo_lightning.pretrained import resolve
 from sapo_lightning.seeds import derive_seed
 from sapo_lightning.rollout import Prompts
+from sapo_lightning.text.file_lines import json_error, row_lines, where
 from sapo_lightning.text.prompts import pad_left
 
 EPOCH_STREAM = 10  # derive_seed stream of each epoch's permutation of the training rows
@@ -81,7 +82,8 @@ def read_columns(option: str, path: str) -> dict[str, list]:
                 builder, data_files=os.path.abspath(path), split="train", cache_dir=cache, keep_in_memory=True
             )
         except Exception as err:  # parsers raise many types: DatasetGenerationError, ArrowInvalid, StopIteration
-            fail(option, f"a readable {builder.upper()} file ({_first_line(err.__cause__ or err)})", path)
+            why = (json_error(path) if builder == "json" else None) or _first_line(err.__cause__ or err)
+            fail(option, f"a readable {builder.upper()} file ({why})", path)
         return data.to_dict()
 
 
@@ -195,13 +197,14 @@ class PromptDataset:
         if self.prompt_column not in columns:
             fail("prompt_column", f"a column of {option} (its columns: {', '.join(columns)})", self.prompt_column)
         prompts = columns.pop(self.prompt_column)
-        rendered = [self._render(f"{option} row {i} {self.prompt_column}", p) for i, p in enumerate(prompts)]
+        lines = None if isinstance(source, Mapping) else row_lines(source, len(prompts))
+        rendered = [self._render(f"{where(option, lines, i)} {self.prompt_column}", p) for i, p in enumerate(prompts)]
         ids = self._tokenize(rendered)
         rows = [
             {"input_ids": row_ids, "text": text, "columns": {name: values[i] for name, values in columns.items()}}
             for i, ((text, _), row_ids) in enumerate(zip(rendered, ids))
         ]
-        return self._filter(option, source, rows)
+        return self._filter(option, source, rows, lines)
 
     def _render(self, where: str, prompt: Any) -> tuple[str, bool]:
         """The text the policy reads, and whether the chat template wrote it."""
@@ -225,16 +228,21 @@ class PromptDataset:
                     ids[i] = row_ids
         return ids
 
-    def _filter(self, option: str, source: str | Mapping[str, Sequence], rows: list[dict]) -> list[dict]:
-        """The rows of at most ``max_prompt_length`` tokens; longer ones dropped (counted) or refused."""
+    def _filter(self, option: str, source: str | Mapping[str, Sequence], rows: list[dict],
+                lines: list[int] | None) -> list[dict]:
+        """The rows of at most ``max_prompt_length`` tokens; longer ones dropped (counted) or refused.
+
+        ``lines``: each row's line in the file ``source`` (:func:`~sapo_lightning.text.file_lines.row_lines`), to
+        name it; None: rows are named by their index.
+        """
         limit = self.max_prompt_length
         empty = [i for i, row in enumerate(rows) if not row["input_ids"]]
         if empty:
-            where = f"{option} row {empty[0]} {self.prompt_column}"
-            fail(where, "a prompt of at least one token", rows[empty[0]]["text"])
+            fail(f"{where(option, lines, empty[0])} {self.prompt_column}", "a prompt of at least one token",
+                 rows[empty[0]]["text"])
         long = [i for i, row in enumerate(rows) if len(row["input_ids"]) > limit]
         if long and self.too_long == "error":
-            longest = f"{len(rows[long[0]]['input_ids'])}, the tokens of {option} row {long[0]}"
+            longest = f"{len(rows[long[0]]['input_ids'])}, the tokens of {where(option, lines, long[0])}"
             fail("max_prompt_length", f"at least {longest} (or too_long: drop)", limit)
         if long:
             dropped = f"dropped {len(long)} of {len(rows)} prompts longer than max_prompt_length={limit} tokens"
