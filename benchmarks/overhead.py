@@ -67,10 +67,10 @@ import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from sapo_lightning.advantages import group_advantages_with_stats
-from sapo_lightning.loop.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from sapo_lightning.cli import CHECKPOINT_DEFAULTS, main
 from sapo_lightning.compare.runner import redirect_output
 from sapo_lightning.data import QueryDataModule
+from sapo_lightning.loop.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from sapo_lightning.seeds import ROLLOUT_STREAM, derive_seed
 from sapo_lightning.tasks import FixedTarget
 

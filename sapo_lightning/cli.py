@@ -18,13 +18,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from sapo_lightning.callbacks import OldPolicySync, ProgressBar
-from sapo_lightning.loop.checkpointing import RunCheckpoint, find_last
 from sapo_lightning.checks import ConfigError, RunFailed, missing_path
 from sapo_lightning.data import QueryDataModule
-from sapo_lightning.module import RLModule
+from sapo_lightning.loop.checkpointing import RunCheckpoint, find_last
 from sapo_lightning.loop.guard import NonFiniteTraining
 from sapo_lightning.loop.process_group import end_process_group
 from sapo_lightning.loop.threads import SMALL_MODEL, set_threads
+from sapo_lightning.module import RLModule
+
 
 #: trainer.precision's values, as the one-line error lists them (Lightning's own spellings)
 def _literals(annotation: Any) -> list:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from sapo_lightning.checks import check_int, check_number, check_positive, fail
-from sapo_lightning.rollout import Rollout, Scores
 from sapo_lightning.policies import Policy, check_token_queries, decode, token_scores
+from sapo_lightning.rollout import Rollout, Scores
 from sapo_lightning.tasks import Task
 
 

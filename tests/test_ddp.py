@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from multiprocess_fit import ROOT, run_fit, run_nodes  # tests/ is on sys.path
 
 pytestmark = pytest.mark.slow  # a 2-process fit in a subprocess

@@ -8,16 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+import peft
+import transformers
 from lightning.pytorch import Trainer
 
 from sapo_lightning import SAPO, QueryDataModule, RLModule
 from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.commands import main
-from sapo_lightning.loop.frozen import WeightSnapshot, evaluating
 from sapo_lightning.lm.policy import CausalLMPolicy
+from sapo_lightning.loop.frozen import WeightSnapshot, evaluating
 from sapo_lightning.tasks import Copy
 
 ROOT = Path(__file__).resolve().parents[1]

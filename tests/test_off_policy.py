@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from blind_task import Blind  # tests/ is on sys.path under pytest
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 
+from blind_task import Blind  # tests/ is on sys.path under pytest
 from sapo_lightning import SAPO, ConfigError, FixedTarget, MLPPolicy, QueryDataModule, RLModule
 from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.lm.sampling import truncated_scores

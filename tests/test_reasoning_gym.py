@@ -9,8 +9,9 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-reasoning_gym = pytest.importorskip("reasoning_gym")
+pytest.importorskip("reasoning_gym")
 pytest.importorskip("transformers")
+import reasoning_gym
 
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.cli import main

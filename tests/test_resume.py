@@ -10,8 +10,8 @@ from unittest import mock
 import pytest
 import torch
 
-from sapo_lightning.loop.checkpointing import AtomicCheckpointIO
 from sapo_lightning.cli import main
+from sapo_lightning.loop.checkpointing import AtomicCheckpointIO
 
 pytestmark = pytest.mark.slow  # pairs of fits compared bit for bit
 

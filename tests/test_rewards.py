@@ -10,7 +10,12 @@ import pytest
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.text.reward_binding import RewardFunctions
 from sapo_lightning.text.rewards import (
-    char_match, exact_match, final_number, number_anywhere, numeric_answer, regex_format,
+    char_match,
+    exact_match,
+    final_number,
+    number_anywhere,
+    numeric_answer,
+    regex_format,
 )
 
 BUILTIN = "sapo_lightning.text.rewards."

@@ -11,15 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-datasets = pytest.importorskip("datasets")
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("datasets")
+pytest.importorskip("transformers")
+import datasets
 import pandas as pd  # a dependency of datasets
+import transformers
 from tokenizers import processors
 
 from sapo_lightning.checks import ConfigError
+from sapo_lightning.rollout import Prompts
 from sapo_lightning.text import dataset as dataset_module
 from sapo_lightning.text.dataset import PromptDataset
-from sapo_lightning.rollout import Prompts
 from sapo_lightning.text.prompts import pad_left
 from sapo_lightning.text.tokenizer import build_ascii_tokenizer
 from sapo_lightning.text.tokenizer import main as tokenizer_main

@@ -6,14 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 import huggingface_hub.constants  # a dependency of transformers
+import transformers
 
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.lm.policy import CausalLMPolicy
+from sapo_lightning.lm.sampling import sampling_logits
 from sapo_lightning.rollout import Prompts
 from sapo_lightning.text.prompts import pad_left
-from sapo_lightning.lm.sampling import sampling_logits
 from sapo_lightning.text.task import PromptTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +109,7 @@ def test_kv_cache_draws_what_recomputing_the_prefix_draws(task, arch):
     queries = prompts(task, TEXTS)
     rollout = policy.sample(queries, torch.Generator().manual_seed(3))
     generator, responses = torch.Generator().manual_seed(3), torch.zeros(len(TEXTS), 0, dtype=torch.long)
-    for t in range(rollout.responses.shape[1]):  # every step recomputes prompt ⧺ tokens so far, no cache
+    for _ in range(rollout.responses.shape[1]):  # every step recomputes prompt ⧺ tokens so far, no cache
         padded = torch.cat([responses, torch.zeros(len(TEXTS), 1, dtype=torch.long)], 1)
         logits = policy.sampling_logits(model_logits(policy, queries, padded)[:, -1])
         noise = torch.rand(logits.shape, generator=generator)  # the uniforms sample_from_logits draws

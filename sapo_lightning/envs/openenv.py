@@ -11,9 +11,8 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sapo_lightning.checks import ConfigError, fail
+from sapo_lightning.checks import ConfigError, fail, resolve_import
 from sapo_lightning.envs.environment import Step
-from sapo_lightning.checks import resolve_import
 
 OBSERVATION_BASE = ("done", "reward", "metadata")  # fields every OpenEnv Observation has
 
