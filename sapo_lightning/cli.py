@@ -95,7 +95,8 @@ class SAPOCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.trainer.enable_checkpointing is not False:
             callbacks.append(config.checkpoint)
-        if config.trainer.enable_progress_bar is not False and not any(isinstance(c, AnyProgressBar) for c in callbacks):
+        if (config.trainer.enable_progress_bar is not False
+                and not any(isinstance(c, AnyProgressBar) for c in callbacks)):
             callbacks.append(ProgressBar())  # redrawn twice a second, not after every batch
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
@@ -158,7 +159,8 @@ def check_yaml_files(args: list[str]) -> None:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(err, "problem", None) or err
-            raise ConfigError(f"--config must be a valid YAML file; got {path}, which fails{where}: {problem}") from None
+            raise ConfigError(f"--config must be a valid YAML file; got {path}, "
+                              f"which fails{where}: {problem}") from None
 
 
 def main(args: list[str] | None = None) -> None:

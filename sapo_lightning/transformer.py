@@ -147,9 +147,8 @@ class TransformerPolicy(Policy):
         n = queries.shape[0]
         if self.use_kv_cache:
             d_model = self.embed.embedding_dim
-            cache = KVCache(
-                len(self.blocks), n, self.n_head, self.position.num_embeddings, d_model // self.n_head, self.embed.weight
-            )
+            cache = KVCache(len(self.blocks), n, self.n_head, self.position.num_embeddings, d_model // self.n_head,
+                            self.embed.weight)
 
             def next_logits(tokens: Tensor | None) -> Tensor:
                 new = queries if tokens is None else tokens.unsqueeze(-1)  # [N, S]

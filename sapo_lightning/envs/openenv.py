@@ -85,7 +85,8 @@ class OpenEnvEnvironment:
         try:
             self.env = cls(**dict(environment_args or {}))
         except TypeError as err:  # a missing or unknown argument, or an abstract method left out
-            raise ConfigError(f"environment_args: {environment} cannot be built: {' '.join(str(err).split())}") from None
+            raise ConfigError(f"environment_args: {environment} cannot be built: "
+                              f"{' '.join(str(err).split())}") from None
 
     @property
     def state(self) -> Any:

@@ -212,8 +212,8 @@ class EnvTask(Task):
         rewards = self.rewards(queries, rollout)
         solved = rewards.total >= self.success_threshold
         turns = rollout.episodes.turns
-        return {"reward": rewards.total, "exact_match": solved.float(), "solved_turn_1": (solved & (turns == 1)).float(),
-                "turns": turns.float()}
+        return {"reward": rewards.total, "exact_match": solved.float(),
+                "solved_turn_1": (solved & (turns == 1)).float(), "turns": turns.float()}
 
     def sample_texts(self, queries: Prompts, rollout: Rollout) -> list[tuple[str, str]]:
         """Each episode as (its first user message, the rest with roles shown), for TextSamples."""
