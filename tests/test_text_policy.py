@@ -58,7 +58,8 @@ def make_policy(task, seed=0, arch="llama", **kwargs) -> CausalLMPolicy:
 
 
 def prompts(task, texts) -> Prompts:
-    ids, mask = pad_left([task.tokenizer.encode(t, add_special_tokens=False) for t in texts], task.tokenizer.pad_token_id)
+    ids, mask = pad_left([task.tokenizer.encode(t, add_special_tokens=False) for t in texts],
+                         task.tokenizer.pad_token_id)
     return Prompts(ids, mask, list(texts), {})
 
 
@@ -221,8 +222,8 @@ def test_state_query_tasks_and_a_token_map_on_a_text_task_are_refused(task):
                                           "got 'CausalLMPolicy'"):
         CausalLMPolicy(FixedTarget([2, 5, 7]), model_config=LLAMA)
     with pytest.raises(ConfigError, match=r"tokenizer and token_ids must be null for a text task, whose tokens are "
-                                          r"its tokenizer's \(data.task.init_args.tokenizer\); got \{'tokenizer': None, "
-                                          r"'token_ids': \[0, 1\]\}"):
+                                          r"its tokenizer's \(data.task.init_args.tokenizer\); "
+                                          r"got \{'tokenizer': None, 'token_ids': \[0, 1\]\}"):
         CausalLMPolicy(task, model_config=LLAMA, token_ids=[0, 1])
 
 
@@ -295,4 +296,5 @@ def test_a_model_with_dropout_or_checkpointing_scores_every_row_whole_in_trainin
     checkpointed = model()
     checkpointed.gradient_checkpointing_enable()
     assert not can_share_prompts_in_training(checkpointed)
-    assert not can_share_prompts_in_training(AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**GPT2, "resid_pdrop": 0.1})))
+    assert not can_share_prompts_in_training(
+        AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**GPT2, "resid_pdrop": 0.1})))
