@@ -24,7 +24,8 @@ CASES = {
     "--help": ["--help"],
     "export, no such checkpoint": ["export", "--ckpt_path", "nowhere.ckpt", "--output", "out"],
     "compare, no such study": ["compare", "--config", "nowhere.yaml"],
-    "fit, tau_neg=-1": ["fit", "--config", str(ROOT / "configs" / "sapo.yaml"), "--model.objective.init_args.tau_neg=-1"],
+    "fit, tau_neg=-1": ["fit", "--config", str(ROOT / "configs" / "sapo.yaml"),
+                        "--model.objective.init_args.tau_neg=-1"],
 }
 
 

@@ -67,7 +67,7 @@ def matmul_peaks(threads: int, repeats: int = 5, shape: dict[str, int] = SMOLLM2
     for label, (m, k, n) in cases.items():
         a, b = torch.randn(m, k, generator=generator), torch.randn(k, n, generator=generator)
         out = torch.empty(m, n)
-        rates[label] = 2 * m * k * n / best_seconds(lambda: torch.mm(a, b, out=out), repeats) / 1e9
+        rates[label] = 2 * m * k * n / best_seconds(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), repeats) / 1e9
     rates["peak"] = max(rates.values())
     return rates
 
@@ -77,7 +77,7 @@ def mm_rate(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(m, k, generator=generator).to(dtype), torch.randn(k, n, generator=generator).to(dtype)
     out = torch.empty(m, n, dtype=dtype)
-    return 2 * m * k * n / best_seconds(lambda: torch.mm(a, b, out=out), repeats) / 1e9
+    return 2 * m * k * n / best_seconds(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), repeats) / 1e9
 
 
 #: (label, (m, k, n)) of the precision table: SmolLM2's update MLP, decoding lm_head and projection, a large square

@@ -72,7 +72,8 @@ def run() -> None:
     for name, seconds in times.items():
         median = statistics.median(cpu for cpu, _ in seconds)
         best_cpu, best_wall = min(cpu for cpu, _ in seconds), min(wall for _, wall in seconds)
-        print(f"| {name} | {1e3 * median:.1f} | {1e3 * best_cpu:.1f} | {1e3 * best_wall:.1f} | {median / reference:.2f}x |")
+        print(f"| {name} | {1e3 * median:.1f} | {1e3 * best_cpu:.1f} | {1e3 * best_wall:.1f} "
+              f"| {median / reference:.2f}x |")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -67,10 +67,10 @@ import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from sapo_lightning.advantages import group_advantages_with_stats
-from sapo_lightning.loop.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from sapo_lightning.cli import CHECKPOINT_DEFAULTS, main
 from sapo_lightning.compare.runner import redirect_output
 from sapo_lightning.data import QueryDataModule
+from sapo_lightning.loop.checkpointing import AtomicCheckpointIO, RunCheckpoint
 from sapo_lightning.seeds import ROLLOUT_STREAM, derive_seed
 from sapo_lightning.tasks import FixedTarget
 
@@ -206,7 +206,8 @@ class Floor(LightningModule):
 
 
 def floor(batch_size: int, steps: int, root: str, progress_bar: bool) -> None:
-    """The config's Trainer settings, the CLI's checkpoints and progress bar, the seed DataModule, around :class:`Floor`."""
+    """The config's Trainer settings, the CLI's checkpoints and progress bar, the seed DataModule,
+    around :class:`Floor`."""
     data = QueryDataModule(FixedTarget(TARGET, vocab_size=VOCAB), batch_size=batch_size, val_size=VAL_SIZE, seed=SEED)
     with redirect_output(os.devnull):
         checkpoint = RunCheckpoint(**{k.split(".")[1]: v for k, v in CHECKPOINT_DEFAULTS.items()
@@ -266,7 +267,8 @@ def barebones(steps: int, steps_per_batch: int, root: str) -> list[tuple[float, 
 
 
 def lightning_minimum(root: str, repeats: int, steps: int = 5000) -> tuple[float, float]:
-    """(per-batch, per-optimizer-step) wall seconds Lightning adds at the least (see ``barebones``), means of the repeats."""
+    """(per-batch, per-optimizer-step) wall seconds Lightning adds at the least (see ``barebones``),
+    means of the repeats."""
     cost = {1: [], 50: []}  # steps per batch -> extra seconds per optimizer step, one per repeat
     for _ in range(repeats):
         raw = per_step(raw_step(steps), 500, steps - 501)[0]

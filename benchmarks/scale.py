@@ -79,7 +79,8 @@ def main() -> None:
             result = run_case(base_args(size, args.steps, args.device, args.batch) + extra, args.threads)
             if "error" in result or not result["reward_finite"]:
                 failed = True
-                print(f"| {size} | | {name} | failed: {result.get('error', ['train/reward not finite'])[0][:120]} | | | |")
+                print(f"| {size} | | {name} | "
+                      f"failed: {result.get('error', ['train/reward not finite'])[0][:120]} | | | |")
                 continue
             plain = result if name == "plain" else plain
             params = f"{result['params'] / 1e6:.1f}M" + (

@@ -3,9 +3,9 @@
     python benchmarks/solve.py configs/sapo.yaml [more configs...] [--repeats 3]
     python benchmarks/solve.py configs/sapo.yaml+configs/objectives/grpo.yaml   # a base and its overlay
 
-Runs ``sapo-lightning fit --config CONFIG`` (one ``--config`` per ``+``-joined file) in a fresh process (imports and start-up included,
-as a user sees it), then reads the TensorBoard events: the first validation step with
-``val/exact_match`` = 1.0 and the final value. Prints one Markdown row per config.
+Runs ``sapo-lightning fit --config CONFIG`` (one ``--config`` per ``+``-joined file) in a fresh process
+(imports and start-up included, as a user sees it), then reads the TensorBoard events: the first validation
+step with ``val/exact_match`` = 1.0 and the final value. Prints one Markdown row per config.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"machine: {cpu}, {os.cpu_count()} cores, {platform.system()}; torch {torch.__version__}; "
           f"load average {os.getloadavg()[0]:.2f} at start")
-    print("| config | optimizer steps to val/exact_match = 1.0 | final val/exact_match | wall time, median of runs (s) |")
+    print("| config | optimizer steps to val/exact_match = 1.0 | final val/exact_match "
+          "| wall time, median of runs (s) |")
     print("|---|---|---|---|")
     for config in args.configs:
         results = [run(config) for _ in range(args.repeats)]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from sapo_lightning.loop.checkpointing import find_last
 from sapo_lightning.export import build_module
+from sapo_lightning.loop.checkpointing import find_last
 
 BATCH = 500  # prompts per greedy decoding call
 

@@ -60,8 +60,9 @@ def main() -> None:
         task = prompt_task(directory, args.new_tokens)
         queries = task.train_batch(0, args.batch, 0, 0, 1)
         print(f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, 1 thread; batch {args.batch}, "
-              f"prompts {int(queries.attention_mask.sum(-1).min())}..{queries.input_ids.shape[1]} tokens (left-padded), "
-              f"max_new_tokens {args.new_tokens}, temperature {args.temperature}, top_k {args.top_k}, top_p {args.top_p}")
+              f"prompts {int(queries.attention_mask.sum(-1).min())}..{queries.input_ids.shape[1]} tokens "
+              f"(left-padded), max_new_tokens {args.new_tokens}, temperature {args.temperature}, top_k {args.top_k}, "
+              f"top_p {args.top_p}")
         print()
         print("| model | params | sample tok/s (mean / median) | generate tok/s (mean / median) | ratio (median) |")
         print("|---|---|---|---|---|")

@@ -34,7 +34,8 @@ def group_advantages_with_stats(rewards: Tensor, group_size: int, scale: str = "
     """:func:`group_advantages` plus which groups carry no signal (all rewards equal) and each group's std."""
     check_group(group_size, scale)
     if rewards.ndim != 1 or rewards.numel() % group_size:
-        raise ValueError(f"rewards must be [N] with N a multiple of group_size={group_size}; got {tuple(rewards.shape)}")
+        raise ValueError(f"rewards must be [N] with N a multiple of group_size={group_size}; "
+                         f"got {tuple(rewards.shape)}")
     grouped = rewards.view(-1, group_size)  # [B, G]
     zero_signal = all_equal(grouped)  # [B]
     centered = torch.where(zero_signal.unsqueeze(-1), 0.0, grouped - grouped.mean(-1, keepdim=True))  # [B, G]

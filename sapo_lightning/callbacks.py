@@ -50,8 +50,8 @@ class OldPolicySync(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not isinstance(pl_module, SyncsOldPolicy):
-            raise TypeError(f"OldPolicySync needs a module with keep_old_copy, sync_old_policy and "
-                            f"steps_per_rollout (sapo_lightning.callbacks.SyncsOldPolicy); got {type(pl_module).__name__}")
+            raise TypeError(f"OldPolicySync needs a module with keep_old_copy, sync_old_policy and steps_per_rollout "
+                            f"(sapo_lightning.callbacks.SyncsOldPolicy); got {type(pl_module).__name__}")
         # Refreshed before every rollout, π_old equals π_θ when it samples: no copy is needed.
         pl_module.keep_old_copy(self.every_n_steps > pl_module.steps_per_rollout)
 

@@ -48,7 +48,8 @@ def check_int(name: str, value: Any, low: int | None = None, high: int | None = 
     ok = isinstance(value, int) and not isinstance(value, bool)
     ok = ok and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
-        fail(name, " ".join(filter(None, ["an integer", _range(low, high, False, False), "or null" * allow_none])), value)
+        fail(name, " ".join(filter(None, ["an integer", _range(low, high, False, False), "or null" * allow_none])),
+             value)
     return value
 
 

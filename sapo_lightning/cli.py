@@ -18,13 +18,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from sapo_lightning.callbacks import OldPolicySync, ProgressBar
-from sapo_lightning.loop.checkpointing import RunCheckpoint, find_last
 from sapo_lightning.checks import ConfigError, RunFailed, missing_path
 from sapo_lightning.data import QueryDataModule
-from sapo_lightning.module import RLModule
+from sapo_lightning.loop.checkpointing import RunCheckpoint, find_last
 from sapo_lightning.loop.guard import NonFiniteTraining
 from sapo_lightning.loop.process_group import end_process_group
 from sapo_lightning.loop.threads import SMALL_MODEL, set_threads
+from sapo_lightning.module import RLModule
+
 
 #: trainer.precision's values, as the one-line error lists them (Lightning's own spellings)
 def _literals(annotation: Any) -> list:
@@ -94,7 +95,8 @@ class SAPOCLI(LightningCLI):
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.trainer.enable_checkpointing is not False:
             callbacks.append(config.checkpoint)
-        if config.trainer.enable_progress_bar is not False and not any(isinstance(c, AnyProgressBar) for c in callbacks):
+        if (config.trainer.enable_progress_bar is not False
+                and not any(isinstance(c, AnyProgressBar) for c in callbacks)):
             callbacks.append(ProgressBar())  # redrawn twice a second, not after every batch
         kwargs["callbacks"] = callbacks
         return super().instantiate_trainer(**kwargs)
@@ -157,7 +159,8 @@ def check_yaml_files(args: list[str]) -> None:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(err, "problem", None) or err
-            raise ConfigError(f"--config must be a valid YAML file; got {path}, which fails{where}: {problem}") from None
+            raise ConfigError(f"--config must be a valid YAML file; got {path}, "
+                              f"which fails{where}: {problem}") from None
 
 
 def main(args: list[str] | None = None) -> None:

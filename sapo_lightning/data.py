@@ -108,4 +108,5 @@ class QueryDataModule(LightningDataModule):
     def _eval_dataloader(self, stage: str) -> DataLoader:
         rows = self.task.eval_rows(stage, self.val_size, self.seed)
         collate = self.task.collate
-        return DataLoader(rows, batch_size=self.val_batch_size or len(rows), collate_fn=lambda r: {"queries": collate(r)})
+        return DataLoader(rows, batch_size=self.val_batch_size or len(rows),
+                          collate_fn=lambda r: {"queries": collate(r)})

@@ -26,7 +26,7 @@ def apply_umask(directory: str | os.PathLike, itself: bool = False) -> None:
         itself: Also ``directory`` (a ``mkdtemp`` one); false leaves a directory the user made as it is.
     """
     mask = current_umask()
-    for root, subdirectories, files in os.walk(directory):
+    for root, _, files in os.walk(directory):
         if itself or Path(root) != Path(directory):
             os.chmod(root, 0o777 & ~mask)
         for name in files:

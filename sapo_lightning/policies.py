@@ -60,7 +60,8 @@ def sample_from_logits(logits: Tensor, generator: torch.Generator | None, greedy
 
 
 def token_scores(logits: Tensor, tokens: Tensor, entropy_grad: bool = False) -> Scores:
-    """Log-probs of ``tokens`` ``[...]`` and entropies under ``logits`` ``[..., V]`` (differentiable with ``entropy_grad``)."""
+    """Log-probs of ``tokens`` ``[...]`` and entropies under ``logits`` ``[..., V]``
+    (differentiable with ``entropy_grad``)."""
     log_p = torch.log_softmax(logits.float(), dim=-1)  # [..., V]
     with nullcontext() if entropy_grad else torch.no_grad():  # a diagnostic keeps no [..., V] tensor for backward
         entropy = -(log_p.exp() * log_p).sum(-1)

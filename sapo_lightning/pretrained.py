@@ -71,9 +71,9 @@ def hub_id(option: str, spec: str) -> str:
     try:
         snapshot_download(spec, local_files_only=True)
     except LocalEntryNotFoundError:
-        fail(option, f"a local directory (relative to the working directory {os.getcwd()}) or a hub id in the Hugging Face cache "
-             f"({constants.HF_HUB_CACHE}); the hub is offline (HF_HUB_OFFLINE=1) and this one is not cached: "
-             f"download it once where the hub is reachable (hf download {spec}), or give a directory", spec)
+        fail(option, f"a local directory (relative to the working directory {os.getcwd()}) or a hub id in the "
+             f"Hugging Face cache ({constants.HF_HUB_CACHE}); the hub is offline (HF_HUB_OFFLINE=1) and this one is "
+             f"not cached: download it once where the hub is reachable (hf download {spec}), or give a directory", spec)
     return spec
 
 

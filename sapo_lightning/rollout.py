@@ -60,7 +60,8 @@ class Prompts:
             return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=0)
 
         columns = {name: [v for part in parts for v in part.columns[name]] for name in parts[0].columns}
-        return cls(torch.cat([padded(p.input_ids) for p in parts]), torch.cat([padded(p.attention_mask) for p in parts]),
+        return cls(torch.cat([padded(p.input_ids) for p in parts]),
+                   torch.cat([padded(p.attention_mask) for p in parts]),
                    [text for part in parts for text in part.texts], columns)
 
     def __getitem__(self, index: slice) -> Prompts:

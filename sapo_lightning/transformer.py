@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from sapo_lightning.checks import check_int, check_number, check_positive, fail
-from sapo_lightning.rollout import Rollout, Scores
 from sapo_lightning.policies import Policy, check_token_queries, decode, token_scores
+from sapo_lightning.rollout import Rollout, Scores
 from sapo_lightning.tasks import Task
 
 
@@ -147,9 +147,8 @@ class TransformerPolicy(Policy):
         n = queries.shape[0]
         if self.use_kv_cache:
             d_model = self.embed.embedding_dim
-            cache = KVCache(
-                len(self.blocks), n, self.n_head, self.position.num_embeddings, d_model // self.n_head, self.embed.weight
-            )
+            cache = KVCache(len(self.blocks), n, self.n_head, self.position.num_embeddings, d_model // self.n_head,
+                            self.embed.weight)
 
             def next_logits(tokens: Tensor | None) -> Tensor:
                 new = queries if tokens is None else tokens.unsqueeze(-1)  # [N, S]

@@ -23,7 +23,8 @@ class Counting:
     def step(self, completion: str) -> Step:
         self.heard.append(completion)
         done = len(self.heard) >= (self.row.get("turns") or 99)
-        return Step(f"turn {len(self.heard)}: {len(completion)} chars", self.reward_per_turn * len(completion) / 10, done)
+        return Step(f"turn {len(self.heard)}: {len(completion)} chars", self.reward_per_turn * len(completion) / 10,
+                    done)
 
 
 class Raising(Counting):
@@ -42,6 +43,7 @@ class NoStep:
 
 
 def turns_heard(prompts: list[str], completions: list[str], environment: list, transcript: list, **_) -> list[float]:
-    """A reward function over episodes: the turns the environment heard (reads the environment and transcript columns)."""
+    """A reward function over episodes: the turns the environment heard
+    (reads the environment and transcript columns)."""
     assert all(t[-1]["content"] == c for t, c in zip(transcript, completions) if t[-1]["role"] == "assistant")
     return [float(len(env.heard)) for env in environment]

@@ -49,4 +49,5 @@ def test_group_std_is_the_bessel_std_the_advantages_divide_by():
     stats = group_advantages_with_stats(rewards, group_size=4)
     # group 2: mean 0.5, squared deviations 4 x 0.25, Bessel: sqrt(1 / 3)
     torch.testing.assert_close(stats.std, torch.tensor([0.0, (1 / 3) ** 0.5]))
-    torch.testing.assert_close(stats.advantages[4:], torch.tensor([-1.0, 1.0, -1.0, 1.0]) * 0.5 / ((1 / 3) ** 0.5 + 1e-6))
+    torch.testing.assert_close(stats.advantages[4:],
+                               torch.tensor([-1.0, 1.0, -1.0, 1.0]) * 0.5 / ((1 / 3) ** 0.5 + 1e-6))

@@ -40,7 +40,8 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.mark.slow
 def test_default_config_solves_the_seed_task_and_logs_every_tag(tmp_path):
     # the shipped 500 steps solve at the validation of step 100; 200 keep the test short
-    main(["fit", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps=200", *QUIET])
+    main(["fit", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps=200",
+          *QUIET])
     run = tmp_path / "lightning_logs" / "version_0"
     logged = scalars(run)
     assert set(TAGS) <= set(logged), set(TAGS) - set(logged)
@@ -63,7 +64,8 @@ def test_validate_subcommand_runs(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_test_subcommand_evaluates_a_checkpoint_on_held_out_queries(tmp_path, capsys):
-    main(["fit", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps=100", *QUIET])
+    main(["fit", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps=100",
+          *QUIET])
     checkpoint = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     capsys.readouterr()
     main(["test", "--config", SAPO_CONFIG, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(checkpoint),
@@ -146,7 +148,8 @@ def test_bad_input_is_one_line_and_touches_no_file(tmp_path, capsys, args, messa
     assert (earlier / "keep.txt").read_text() == "earlier run"
 
 
-@pytest.mark.parametrize("content", [None, "model: [unclosed\n", "- just\n- a list\n"], ids=["missing", "malformed", "not-a-mapping"])
+@pytest.mark.parametrize("content", [None, "model: [unclosed\n", "- just\n- a list\n"],
+                         ids=["missing", "malformed", "not-a-mapping"])
 def test_missing_or_malformed_yaml(tmp_path, capsys, content):
     path = tmp_path / "config.yaml"
     if content is not None:
@@ -168,14 +171,16 @@ def test_a_missing_relative_config_names_the_working_directory(tmp_path, capsys,
         main(["fit", "--config", "configs/sapo.yaml"])
     assert exit_.value.code == 2
     assert capsys.readouterr().err == (
-        f"sapo-lightning: error: --config: no such file configs/sapo.yaml (relative to the working directory {tmp_path})\n"
+        f"sapo-lightning: error: --config: no such file configs/sapo.yaml "
+        f"(relative to the working directory {tmp_path})\n"
     )
 
 
 def test_a_misspelt_train_file_is_reported_missing_from_the_working_directory(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)  # the config's tokenizer and data paths are relative to the repository
     with pytest.raises(SystemExit) as exit_:
-        main(["fit", "--config", "configs/text_tiny.yaml", "--data.task.init_args.train_file=data/text_demo/trian.jsonl",
+        main(["fit", "--config", "configs/text_tiny.yaml",
+              "--data.task.init_args.train_file=data/text_demo/trian.jsonl",
               "--trainer.default_root_dir", str(tmp_path)])
     assert exit_.value.code == 2
     assert capsys.readouterr().err == ("sapo-lightning: error: train_file: no such file or directory "

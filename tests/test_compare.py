@@ -1,4 +1,5 @@
-"""``sapo-lightning compare``: the statistics on hand-made series, the cells' composition, and a tiny grid end to end."""
+"""``sapo-lightning compare``: the statistics on hand-made series, the cells' composition,
+and a tiny grid end to end."""
 
 import csv
 import math
@@ -231,8 +232,8 @@ def test_the_plot_draws_a_once_logged_tag_as_a_dot_per_objective_and_no_second_s
               "grpo": [run_series([0.0, 0.1, 0.2], 0.4, [0.0] * 3), run_series([0.0, 0.1, 0.1], 0.4, [0.0] * 3)]}
     fig = figure("t", series, "val/reward", ["val/strict", "train/soft_clip_frac"])
     shown = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in shown] == ["val/reward", "entropy", "approx KL", "soft clip (w<0.5) / clip fraction",
-                                                "val/strict, final: mean ± 95% CI"]
+    assert [ax.get_title() for ax in shown] == ["val/reward", "entropy", "approx KL",
+                                                "soft clip (w<0.5) / clip fraction", "val/strict, final: mean ± 95% CI"]
     clip = shown[3]  # SAPO's soft-clip fraction, in its own panel: the mean of its seeds
     assert list(clip.lines[0].get_ydata()) == pytest.approx([0.0, 0.05, 0.15])
     once = shown[4]
@@ -240,7 +241,8 @@ def test_the_plot_draws_a_once_logged_tag_as_a_dot_per_objective_and_no_second_s
     assert all(len(line.get_xdata()) == 1 for line in once.lines)  # dots, no line over a one-step axis
     # sapo: mean 0.6, sd 0.1414, CI t_{0.975,1} 12.706 x 0.1414 / sqrt(2) = 1.2706; grpo: 0.4, no spread
     dots = [container.lines[0] for container in once.containers]  # each errorbar's data line
-    assert [(*line.get_xdata(), *line.get_ydata()) for line in dots] == [(0, pytest.approx(0.6)), (1, pytest.approx(0.4))]
+    assert [(*line.get_xdata(), *line.get_ydata()) for line in dots] == [(0, pytest.approx(0.6)),
+                                                                         (1, pytest.approx(0.4))]
     (bar,) = once.containers[0].lines[2][0].get_segments()
     assert bar[:, 1] == pytest.approx([0.6 - 1.2706, 0.6 + 1.2706])
     assert [text.get_text() for text in once.texts] == ["0.600 ± 1.271", "0.400 ± 0.000"]

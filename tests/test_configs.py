@@ -27,9 +27,11 @@ BF16 = CONFIGS / "bf16.yaml"  # an overlay for any HF config (the real model's i
 RECIPE = CONFIGS / "text_gsm8k.yaml"  # a real model on a GPU: parsed, and built with a tiny stand-in
 # the real model on a CPU: trained 2 steps in tests/test_smollm2.py, and with a tiny GGUF stand-in in test_pretrained.py
 SMOLLM2 = CONFIGS / "smollm2_arithmetic.yaml"
-# a reasoning-gym dataset on the real model: parsed here, trained 2 steps with a tiny stand-in in tests/test_reasoning_gym.py
+# a reasoning-gym dataset on the real model: parsed here, trained 2 steps with a tiny stand-in in
+# tests/test_reasoning_gym.py
 REASONING_GYM = CONFIGS / "smollm2_reasoning_gym.yaml"
-# episodes of several turns on the real model: parsed here; its task's episodes on the real model in tests/test_smollm2.py
+# episodes of several turns on the real model: parsed here; its task's episodes on the real model in
+# tests/test_smollm2.py
 RETRY = CONFIGS / "smollm2_retry.yaml"
 HF = pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="hf_tiny needs the [hf] extra")
 PEFT = pytest.mark.skipif(importlib.util.find_spec("peft") is None, reason="lora needs the [peft] extra")
@@ -45,13 +47,14 @@ def case(base: str, name: str | None = None):
 
 
 # (base, objective overlay) pairs that are run; every pair is resolved
-RUNS = [case(base) for base in BASES] + [case("sapo", name) for name in OBJECTIVES] + [case("transformer", "grpo"), case("hf_tiny", "cispo")]
+RUNS = ([case(base) for base in BASES] + [case("sapo", name) for name in OBJECTIVES]
+        + [case("transformer", "grpo"), case("hf_tiny", "cispo")])
 RUNS += [case(base, "lora") for base in LORA_BASES] + [case("hf_tiny", "bf16")]
 # a few quick steps: validate and save at step 2, small validation and batch for the token tasks
 QUICK = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
          "--trainer.enable_progress_bar=false", "--data.val_size=16"]
-SMALL_BATCH = {"transformer": ["--data.batch_size=4"], "hf_tiny": ["--data.batch_size=4"], "text_tiny": ["--data.batch_size=4"],
-               "env_tiny": ["--data.batch_size=2", "--model.group_size=2"]}
+SMALL_BATCH = {"transformer": ["--data.batch_size=4"], "hf_tiny": ["--data.batch_size=4"],
+               "text_tiny": ["--data.batch_size=4"], "env_tiny": ["--data.batch_size=2", "--model.group_size=2"]}
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +159,8 @@ def test_base_config_resolves_to_sapo(capsys, base):
 
 def test_ddp_overlay_sets_only_the_processes(capsys):
     resolved = resolve(capsys, config_args("sapo", DDP))
-    assert (resolved["trainer"]["devices"], resolved["trainer"]["strategy"], resolved["trainer"]["num_nodes"]) == (2, "ddp", 1)
+    assert ((resolved["trainer"]["devices"], resolved["trainer"]["strategy"], resolved["trainer"]["num_nodes"])
+            == (2, "ddp", 1))
     keys = dotted_keys(yaml.safe_load(DDP.read_text()))
     assert without(resolved, keys) == without(resolve(capsys, config_args("sapo")), keys)
 
@@ -164,7 +168,8 @@ def test_ddp_overlay_sets_only_the_processes(capsys):
 @pytest.mark.parametrize("base", [pytest.param(base, marks=marks(base)) for base in LORA_BASES])
 def test_lora_overlay_sets_only_the_adapters_and_the_learning_rate(capsys, base):
     resolved = resolve(capsys, config_args(base, LORA))
-    assert resolved["model"]["policy"]["init_args"]["lora"] == yaml.safe_load(LORA.read_text())["model"]["policy"]["init_args"]["lora"]
+    assert (resolved["model"]["policy"]["init_args"]["lora"]
+            == yaml.safe_load(LORA.read_text())["model"]["policy"]["init_args"]["lora"])
     keys = ["model.policy.init_args.lora", "model.optimizer.init_args.lr"]
     assert without(resolved, keys) == without(resolve(capsys, config_args(base)), keys)
 
@@ -183,7 +188,8 @@ def test_fsdp_overlay_sets_only_the_strategy_and_equal_forward_passes(capsys, ba
     assert without(resolved, keys) == without(resolve(capsys, config_args(base)), keys)
 
 
-@pytest.mark.parametrize("args", [pytest.param(config_args(base), marks=HF, id=base) for base in ("hf_tiny", "text_tiny")]
+@pytest.mark.parametrize("args", [pytest.param(config_args(base), marks=HF, id=base)
+                                  for base in ("hf_tiny", "text_tiny")]
                          + [pytest.param(["--config", str(SMOLLM2)], id="smollm2_arithmetic")])
 def test_bf16_overlay_sets_only_the_precision(capsys, args):
     """Parsed only here (the real model is not loaded); hf_tiny runs it below, tests/test_mismatch.py its effects."""
@@ -204,7 +210,8 @@ def scalars(run: Path) -> dict[str, list[float]]:
 @pytest.mark.parametrize(("base", "name"), RUNS)
 def test_config_trains_a_few_steps(tmp_path, base, name):
     overlays = [overlay(name)] if name else []
-    args = ["fit", *config_args(base, *overlays), *QUICK, *SMALL_BATCH.get(base, []), "--trainer.default_root_dir", str(tmp_path)]
+    args = ["fit", *config_args(base, *overlays), *QUICK, *SMALL_BATCH.get(base, []),
+            "--trainer.default_root_dir", str(tmp_path)]
     main(args)
     run = tmp_path / "lightning_logs" / "version_0"
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -242,7 +249,8 @@ def test_reasoning_gym_recipe_parses_with_the_arithmetic_recipes_hyperparameters
     resolved = resolve(capsys, ["--config", str(REASONING_GYM)])
     task = resolved["data"]["task"]
     assert task["class_path"] == "sapo_lightning.envs.reasoning_gym.ReasoningGymTask"
-    assert task["init_args"]["dataset"] and task["init_args"]["config"] is None  # the dataset's defaults: switch it alone
+    # the dataset's defaults: switch it alone
+    assert task["init_args"]["dataset"] and task["init_args"]["config"] is None
     arithmetic = resolve(capsys, ["--config", str(SMOLLM2)])
     for key in ("model", "trainer", "sync", "checkpoint", "seed_everything"):
         assert resolved[key] == arithmetic[key], key
@@ -264,19 +272,22 @@ def test_retry_recipe_is_an_env_task_with_the_arithmetic_recipes_model_and_optim
 @HF
 def test_text_recipe_trains_with_a_tiny_stand_in_model(tmp_path):
     pandas = pytest.importorskip("pandas")
-    rows = [{"question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"} for a in range(6) for b in range(4)]
+    rows = [{"question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
+            for a in range(6) for b in range(4)]
     pandas.DataFrame(rows).to_parquet(tmp_path / "gsm8k.parquet")
-    tiny = ('{"model_type": "llama", "vocab_size": 101, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, '
-            '"num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128, "pad_token_id": 0, '
-            '"eos_token_id": 1, "bos_token_id": 2}')
-    main(["fit", "--config", str(RECIPE), "--trainer.accelerator=cpu", "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
+    tiny = ('{"model_type": "llama", "vocab_size": 101, "hidden_size": 16, "intermediate_size": 32, '
+            '"num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, '
+            '"max_position_embeddings": 128, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}')
+    main(["fit", "--config", str(RECIPE), "--trainer.accelerator=cpu", "--trainer.max_steps=2",
+          "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1",
           "--trainer.enable_progress_bar=false", "--trainer.default_root_dir", str(tmp_path),
           "--model.policy.init_args.path=null", f"--model.policy.init_args.model_config={tiny}",
           "--model.policy.init_args.gradient_checkpointing=false", "--model.policy.init_args.dtype=float32",
-          f"--data.task.init_args.train_file={tmp_path / 'gsm8k.parquet'}", f"--data.task.init_args.val_file={tmp_path / 'gsm8k.parquet'}",
+          f"--data.task.init_args.train_file={tmp_path / 'gsm8k.parquet'}",
+          f"--data.task.init_args.val_file={tmp_path / 'gsm8k.parquet'}",
           f"--data.task.init_args.tokenizer={CONFIGS.parent / 'assets' / 'tokenizers' / 'ascii'}",
-          "--data.task.init_args.max_new_tokens=8", "--data.batch_size=2", "--data.val_size=4", "--data.val_batch_size=2",
-          "--model.group_size=2"])
+          "--data.task.init_args.max_new_tokens=8", "--data.batch_size=2", "--data.val_size=4",
+          "--data.val_batch_size=2", "--model.group_size=2"])
     run = tmp_path / "lightning_logs" / "version_0"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
     logged = scalars(run)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from multiprocess_fit import ROOT, run_fit, run_nodes  # tests/ is on sys.path
 
 pytestmark = pytest.mark.slow  # a 2-process fit in a subprocess
@@ -92,7 +93,8 @@ def test_ddp_micro_batches_equal_the_full_batch(tmp_path):
 def test_ddp_dynamic_sampling_draws_as_many_rounds_on_every_rank(tmp_path):
     """Half the queries unrewarded, so each rank is short of informative groups at its own batches: every rank
     draws a round while any is short, so the ranks draw the same rounds, take the same steps and agree."""
-    rank0, rank1 = ddp_probes(tmp_path / "run", "--data.task=blind_task.Blind", "--data.task.init_args.target=[2,5,7,3,1]",
+    rank0, rank1 = ddp_probes(tmp_path / "run", "--data.task=blind_task.Blind",
+                              "--data.task.init_args.target=[2,5,7,3,1]",
                               "--model.group_size=2", "--model.mini_batches=2", "--model.filter_groups=true",
                               "--model.max_sampling_rounds=6")
     assert rank0["batch_ends"] == rank1["batch_ends"]  # (global_step, rounds drawn so far) after every batch

@@ -11,11 +11,11 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from sapo_lightning import callbacks
-from sapo_lightning.loop import guard
 from sapo_lightning.callbacks import ProgressBar
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.cli import SAPOCLI, main
 from sapo_lightning.data import QueryDataModule
+from sapo_lightning.loop import guard
 from sapo_lightning.module import RLModule
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "sapo.yaml")

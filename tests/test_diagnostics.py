@@ -27,7 +27,8 @@ def record_rows(metric: Diagnostics, names: list[str], rows: torch.Tensor) -> No
 
 def test_pop_is_mean_min_max_over_updates_skipping_nan():
     metric = Diagnostics()
-    record_rows(metric, ["loss", "ratio_min", "ratio_max"], torch.tensor([[1.0, 0.5, 1.5], [NAN, 0.25, 3.0], [4.0, 0.75, 2.0]]))
+    record_rows(metric, ["loss", "ratio_min", "ratio_max"],
+                torch.tensor([[1.0, 0.5, 1.5], [NAN, 0.25, 3.0], [4.0, 0.75, 2.0]]))
     out = metric.pop()
     assert out["loss"].item() == pytest.approx((1.0 + 4.0) / 2)  # the NaN update is skipped
     assert out["ratio_min"].item() == 0.25

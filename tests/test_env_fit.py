@@ -97,7 +97,8 @@ def test_lora_on_episodes_exports_a_model_transformers_generates_with(tmp_path, 
 def test_two_ranks_train_on_episodes_and_agree(tmp_path):
     root = tmp_path / "ddp"
     root.mkdir()
-    run_fit(ROOT, f"--config={CONFIG}", f"--config={ROOT / 'configs' / 'ddp.yaml'}", f"--trainer.default_root_dir={root}",
+    run_fit(ROOT, f"--config={CONFIG}", f"--config={ROOT / 'configs' / 'ddp.yaml'}",
+            f"--trainer.default_root_dir={root}",
             "--trainer.max_steps=4", *QUICK, "--trainer.limit_val_batches=0", "--sync.every_n_steps=2",
             "--trainer.callbacks+=rank_probe.RankProbe", f"--trainer.callbacks.out={root / 'probe'}")
     rank0, rank1 = (torch.load(root / "probe" / f"rank{r}.pt") for r in (0, 1))

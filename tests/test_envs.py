@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -243,7 +242,8 @@ def test_a_tool_environment_runs_the_called_tool_and_answers_in_the_tool_role(tm
     transcript = rollout.episodes.transcripts[0]
     assert [(m["role"], m["content"]) for m in transcript[-3:]] == [
         ("assistant", call), ("tool", "5"), ("assistant", "The answer is 5.")]
-    assert rollout.episodes.ended.tolist() == [Episodes.ENDINGS.index("done")] and rollout.episodes.turns.tolist() == [2]
+    assert (rollout.episodes.ended.tolist() == [Episodes.ENDINGS.index("done")]
+            and rollout.episodes.turns.tolist() == [2])
     assert task.rewards(prompts, rollout).total.tolist() == [1.0]  # Calculator.reward: the answer is in the last turn
     tokens, mask = rollout.responses[0][rollout.attention[0]], rollout.mask[0][rollout.attention[0]]
     (start, end), = segments(~mask)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 import huggingface_hub.constants  # a dependency of transformers
+import transformers
 
 from sapo_lightning.commands import main
 

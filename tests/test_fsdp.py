@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from multiprocess_fit import ROOT, run_fit  # tests/ is on sys.path under pytest
 
 pytestmark = [pytest.mark.slow,  # a 2-process fit in a subprocess

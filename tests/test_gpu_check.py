@@ -35,8 +35,10 @@ def test_gpu_check_dry_run_passes_every_check_on_cpu(tmp_path):
 
 def test_gpu_check_fails_on_a_failing_check(tmp_path):
     """A check whose fit fails prints FAIL and exits 1 (here: an unknown option)."""
-    env = {**os.environ, "GPU_CHECK_DIR": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "GPU_CHECK_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "broken", "--",
-                           "--config", str(ROOT / "configs" / "sapo.yaml"), "--trainer.max_steps=2", "--model.no_such=1"],
+                           "--config", str(ROOT / "configs" / "sapo.yaml"), "--trainer.max_steps=2",
+                           "--model.no_such=1"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stdout.startswith("FAIL  broken"), done.stdout + done.stderr

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 import huggingface_hub.constants  # a dependency of transformers
+import transformers
 
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.cli import main
@@ -113,14 +114,16 @@ def test_model_config_builds_a_random_model_from_the_seed(tmp_path):
     weights = [torch.cat([p.flatten() for p in m.model.parameters()]) for m in (policy, again, other)]
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
     config = policy.model.config
-    assert (type(config).__name__, config.vocab_size, config.hidden_size, config.eos_token_id) == ("LlamaConfig", 16, 32, 0)
+    assert ((type(config).__name__, config.vocab_size, config.hidden_size, config.eos_token_id)
+            == ("LlamaConfig", 16, 32, 0))
     # saved and loaded back with path, it is the same policy
     policy.model.save_pretrained(tmp_path)
     loaded = CausalLMPolicy(task, path=str(tmp_path)).eval()
     queries = task.sample_queries(8, torch.Generator().manual_seed(0))
     out = policy.sample(queries, torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(loaded.score(queries, out.responses).log_probs, policy.score(queries, out.responses).log_probs)
+        torch.testing.assert_close(loaded.score(queries, out.responses).log_probs,
+                                   policy.score(queries, out.responses).log_probs)
 
 
 @pytest.mark.parametrize(
@@ -145,10 +148,13 @@ def test_bad_arguments(models, kwargs, match):
         ({}, "exactly one of path and model_config must be given; got path=None, model_config=None"),
         ({"path": "DIR", "model_config": LLAMA}, "exactly one of path and model_config must be given; got path='DIR'"),
         ({"path": "/no/such/model"}, "path: no such directory /no/such/model$"),
-        ({"path": "meta-llama/Llama-3.2-1B"}, r"path must be .*the hub is offline \(HF_HUB_OFFLINE=1\) and this one is not cached"),
+        ({"path": "meta-llama/Llama-3.2-1B"},
+         r"path must be .*the hub is offline \(HF_HUB_OFFLINE=1\) and this one is not cached"),
         ({"model_config": {"vocab_size": 16}}, "model_config must be a mapping with a model_type"),
-        ({"model_config": {"model_type": "nope"}}, "model_config.model_type must be a transformers model type .*; got 'nope'"),
-        ({"model_config": {**LLAMA, "hiden_size": 8}}, r"model_config fields must be fields of a llama config; got \['hiden_size'\]"),
+        ({"model_config": {"model_type": "nope"}},
+         "model_config.model_type must be a transformers model type .*; got 'nope'"),
+        ({"model_config": {**LLAMA, "hiden_size": 8}},
+         r"model_config fields must be fields of a llama config; got \['hiden_size'\]"),
         ({"model_config": {**LLAMA, "hidden_size": 33}}, "model_config must be a valid llama config .*not a multiple"),
     ],
     ids=["neither", "both", "missing-dir", "hub-id", "no-model-type", "unknown-type", "misspelt-field", "invalid"],
@@ -196,7 +202,8 @@ def test_a_group_shares_its_prompt_with_the_results_of_one_row_each(models):
 
 @pytest.mark.parametrize("config, old", [("hf_tiny", "sapo_lightning.hf.HFCausalLMPolicy"),
                                          ("text_tiny", "sapo_lightning.text.policy.CausalLMPolicy")])
-def test_a_config_naming_a_removed_policy_class_is_one_line_naming_the_new_one(tmp_path, capsys, monkeypatch, config, old):
+def test_a_config_naming_a_removed_policy_class_is_one_line_naming_the_new_one(
+        tmp_path, capsys, monkeypatch, config, old):
     monkeypatch.setattr(sys, "argv", ["sapo-lightning"])
     monkeypatch.chdir(CONFIG.parents[1])  # text_tiny's data paths are relative to the repository root
     written = (CONFIG.parent / f"{config}.yaml").read_text()
@@ -206,7 +213,8 @@ def test_a_config_naming_a_removed_policy_class_is_one_line_naming_the_new_one(t
         main(["fit", "--config", str(tmp_path / "old.yaml"), "--trainer.default_root_dir", str(tmp_path / "run")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err == (f'sapo-lightning: error: Parser key "model.policy": {old} is removed (the name goes away in sapo-lightning 0.2.0): use '
+    assert err == (f'sapo-lightning: error: Parser key "model.policy": {old} is removed '
+                   "(the name goes away in sapo-lightning 0.2.0): use "
                    "sapo_lightning.lm.policy.CausalLMPolicy, the one policy for token and text tasks, with the same "
                    "init_args\n")
     assert not (tmp_path / "run").exists()

@@ -15,8 +15,8 @@ from unittest import mock
 import pytest
 import torch
 
-from sapo_lightning.loop.checkpointing import AtomicCheckpointIO, find_last
 from sapo_lightning.cli import main
+from sapo_lightning.loop.checkpointing import AtomicCheckpointIO, find_last
 
 pytestmark = pytest.mark.slow  # fits killed and resumed in subprocesses
 

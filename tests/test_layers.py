@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).parents[1] / "sapo_lightning"
 
 #: Lowest first. A module may import modules of its own layer or below, never above.
 LAYERS = [
-    {"checks", "seeds", "rollout", "files"},  # config errors, seed streams, the types the loop passes around, file modes
+    # config errors, seed streams, the types the loop passes around, file modes
+    {"checks", "seeds", "rollout", "files"},
     {"advantages", "objectives", "rollout_correction", "tasks", "policies", "transformer", "lora", "pretrained",
      "data"},  # the algorithm
     {"loop"},  # the loop's internals

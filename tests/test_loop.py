@@ -68,11 +68,13 @@ def test_old_policy_sync_refreshes_old_policy_on_its_schedule():
 
     class OldEqualsPolicy(Callback):  # after OldPolicySync: what the next batch samples from
         def on_train_batch_end(self, trainer, pl_module, *args):
-            old, new = (torch.cat([p.flatten() for p in m.parameters()]) for m in (pl_module.old_policy, pl_module.policy))
+            old, new = (torch.cat([p.flatten() for p in m.parameters()])
+                        for m in (pl_module.old_policy, pl_module.policy))
             seen.append(torch.equal(old, new))
 
     rl = module(optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
-    trainer(max_steps=6, callbacks=[OldPolicySync(2), OldEqualsPolicy()]).fit(rl, QueryDataModule(TASK, batch_size=2, seed=0))
+    trainer(max_steps=6, callbacks=[OldPolicySync(2), OldEqualsPolicy()]).fit(
+        rl, QueryDataModule(TASK, batch_size=2, seed=0))
     assert seen == [False, True, False, True, False, True]  # synced at steps 2, 4, 6; stale in between
 
 
@@ -115,7 +117,8 @@ def test_checkpoints_follow_the_schedule_with_several_updates_per_batch(tmp_path
     saved = sorted(p.name for p in (tmp_path / "lightning_logs" / "version_0" / "checkpoints").glob("*.ckpt"))
     # batch ends at 3, 6, 9, 12, 15: 6 crosses 5, 12 crosses 10, 15 is a multiple and the end of the run
     assert saved == ["last.ckpt", "step=12.ckpt", "step=15.ckpt", "step=6.ckpt"]
-    assert torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)["global_step"] == 15
+    assert torch.load(tmp_path / "lightning_logs/version_0/checkpoints/last.ckpt",
+                      weights_only=True)["global_step"] == 15
 
 
 @pytest.mark.parametrize("enabled", [True, False])

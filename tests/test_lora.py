@@ -8,16 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+import peft
+import transformers
 from lightning.pytorch import Trainer
 
 from sapo_lightning import SAPO, QueryDataModule, RLModule
 from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.commands import main
-from sapo_lightning.loop.frozen import WeightSnapshot, evaluating
 from sapo_lightning.lm.policy import CausalLMPolicy
+from sapo_lightning.loop.frozen import WeightSnapshot, evaluating
 from sapo_lightning.tasks import Copy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +131,8 @@ def test_gradient_checkpointing_reaches_the_adapters():
         ({"target_modules": ["q_proj", "query"]},
          r"lora.target_modules must be names of the model's linear, embedding or convolution layers "
          r"\(down_proj, embed_tokens, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj\); got \['query'\]"),
-        ({"target_modules": ["mlp"]}, r"lora.target_modules must be names of .*; got \['mlp'\]"),  # not a layer LoRA adapts
+        # not a layer LoRA adapts
+        ({"target_modules": ["mlp"]}, r"lora.target_modules must be names of .*; got \['mlp'\]"),
         ({"rank": 4}, r"lora fields must be among r, alpha, dropout, target_modules; got \['rank'\]"),
     ],
 )
@@ -182,7 +185,8 @@ def prompts(tmp_path) -> Path:
 def text_fit(root: Path, prompts: Path, max_steps: int, *extra: str) -> Path:
     """A LoRA text fit (lagged π_old, a reference KL, 2 updates per rollout); its last checkpoint."""
     policy = {"class_path": "sapo_lightning.lm.policy.CausalLMPolicy",
-              "init_args": {"model_config": TEXT_LLAMA, "lora": {"r": 2, "alpha": 4.0, "target_modules": ["q_proj", "v_proj"]}}}
+              "init_args": {"model_config": TEXT_LLAMA,
+                            "lora": {"r": 2, "alpha": 4.0, "target_modules": ["q_proj", "v_proj"]}}}
     task = {"class_path": "sapo_lightning.text.task.PromptTask",
             "init_args": {"train_file": str(prompts), "tokenizer": str(ROOT / "assets" / "tokenizers" / "ascii"),
                           "rewards": [{"function": "sapo_lightning.text.rewards.char_match"}],
@@ -190,7 +194,8 @@ def text_fit(root: Path, prompts: Path, max_steps: int, *extra: str) -> Path:
     main(["fit", "--config", str(ROOT / "configs" / "sapo.yaml"), f"--model.policy={json.dumps(policy)}",
           f"--data.task={json.dumps(task)}", "--data.batch_size=3", "--data.val_size=3", "--model.group_size=4",
           "--model.updates_per_rollout=2", "--model.beta=0.05", "--sync.every_n_steps=6",
-          "--model.optimizer.init_args.lr=0.01", "--trainer.val_check_interval=4", "--trainer.enable_progress_bar=false",
+          "--model.optimizer.init_args.lr=0.01", "--trainer.val_check_interval=4",
+          "--trainer.enable_progress_bar=false",
           f"--trainer.default_root_dir={root}", f"--trainer.max_steps={max_steps}", *extra])
     (version,) = sorted((root / "lightning_logs").iterdir())[-1:]
     return version / "checkpoints" / "last.ckpt"

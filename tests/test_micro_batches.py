@@ -111,7 +111,8 @@ def test_bad_micro_batch_and_beta_are_refused():
 
 
 def test_ref_kl_is_logged_and_grows_from_zero(tmp_path):
-    """train/ref_kl is logged at every step: 0 at the first update, where π_θ is still the reference, > 0 once it moved."""
+    """train/ref_kl is logged at every step: 0 at the first update, where π_θ is still the reference,
+    > 0 once it moved."""
     import csv
 
     from lightning.pytorch.loggers import CSVLogger
@@ -120,8 +121,8 @@ def test_ref_kl_is_logged_and_grows_from_zero(tmp_path):
     module = RLModule(lambda t: MLPPolicy(t, 16), SAPO(), TASK, group_size=4, beta=0.05,
                       optimizer=lambda p: torch.optim.SGD(p, lr=0.5))
     Trainer(max_steps=20, logger=CSVLogger(tmp_path), log_every_n_steps=1, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[OldPolicySync()]).fit(
-        module, QueryDataModule(TASK, batch_size=8, seed=0))
+            enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+            callbacks=[OldPolicySync()]).fit(module, QueryDataModule(TASK, batch_size=8, seed=0))
     (metrics,) = tmp_path.rglob("metrics.csv")
     values = [float(row["train/ref_kl"]) for row in csv.DictReader(metrics.open()) if row.get("train/ref_kl")]
     assert len(values) == 20

@@ -75,7 +75,8 @@ def rl(task=None, **kwargs) -> RLModule:
 
 def fit(module: RLModule, steps: int, callbacks: list, **kwargs) -> Trainer:
     trainer = Trainer(max_steps=steps, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, callbacks=callbacks, **{"logger": False, **kwargs})
+                      enable_model_summary=False, limit_val_batches=0, callbacks=callbacks,
+                      **{"logger": False, **kwargs})
     trainer.fit(module, QueryDataModule(module.task, batch_size=2, seed=0))
     return trainer
 

@@ -269,7 +269,8 @@ def test_gradcheck(objective):
     assert torch.autograd.gradcheck(lambda lp: objective(lp, old_log_probs, advantages, mask).loss, (log_probs,))
 
 
-@pytest.mark.parametrize("objective", [CISPO(), CISPO(eps_low=0.5, eps_high=0.1, aggregation="seq-mean-token-mean")], ids=repr)
+@pytest.mark.parametrize("objective", [CISPO(), CISPO(eps_low=0.5, eps_high=0.1, aggregation="seq-mean-token-mean")],
+                         ids=repr)
 def test_gradcheck_cispo_with_the_ratio_held_fixed(objective):
     # CISPO's gradient is by design not the derivative of its value: the weight sg[clip(r)] is a
     # constant. It is the derivative with π_old moving along with π_θ (r held at its value),
@@ -331,10 +332,12 @@ def test_dr_grpo_overlay_uses_unscaled_advantages():
 
 def test_objective_is_chosen_from_the_command_line():
     base = ["--config", str(CONFIGS / "sapo.yaml")]
-    cli = SAPOCLI(RLModule, QueryDataModule, args=base + ["--model.objective=GRPO", "--model.objective.eps_high=0.28"], run=False)
+    cli = SAPOCLI(RLModule, QueryDataModule, args=base + ["--model.objective=GRPO", "--model.objective.eps_high=0.28"],
+                  run=False)
     assert isinstance(cli.model.objective, GRPO)
     assert (cli.model.objective.eps_low, cli.model.objective.eps_high) == (0.2, 0.28)
-    cli = SAPOCLI(RLModule, QueryDataModule, args=base + ["--model.objective=sapo_lightning.objectives.GSPO"], run=False)
+    cli = SAPOCLI(RLModule, QueryDataModule, args=base + ["--model.objective=sapo_lightning.objectives.GSPO"],
+                  run=False)
     assert isinstance(cli.model.objective, GSPO)
 
 

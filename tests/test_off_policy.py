@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from blind_task import Blind  # tests/ is on sys.path under pytest
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
 
+from blind_task import Blind  # tests/ is on sys.path under pytest
 from sapo_lightning import SAPO, ConfigError, FixedTarget, MLPPolicy, QueryDataModule, RLModule
 from sapo_lightning.callbacks import OldPolicySync
 from sapo_lightning.lm.sampling import truncated_scores
@@ -96,10 +96,12 @@ def test_a_bad_mini_batch_split_is_refused():
                                           r"\(a mini-batch holds whole groups\); got 3$"):
         fit(steps=3, mini_batches=3)
     with pytest.raises(ConfigError, match=r"^model.micro_batch_size must be a divisor of a mini-batch's 8 responses "
-                                          r"\(data.batch_size=4 x model.group_size=4 / model.mini_batches=2\); got 16$"):
+                                          r"\(data.batch_size=4 x model.group_size=4 / model.mini_batches=2\); "
+                                          r"got 16$"):
         fit(steps=2, mini_batches=2, micro_batch_size=16)
     with pytest.raises(ConfigError, match=r"^trainer.max_steps must be a multiple of 4, the optimizer steps a rollout "
-                                          r"batch makes \(model.updates_per_rollout=2 x model.mini_batches=2\); got 6$"):
+                                          r"batch makes \(model.updates_per_rollout=2 x model.mini_batches=2\); "
+                                          r"got 6$"):
         fit(steps=6, mini_batches=2, updates_per_rollout=2)
 
 

@@ -115,5 +115,6 @@ def test_mappings_of_the_wrong_type_fail_in_one_line():
     with pytest.raises(ConfigError, match=r"^action: guess_env.not_an_action must return an OpenEnv Action; "
                                           r"it returned a str$"):
         env.step("1")
-    with pytest.raises(ConfigError, match=r"^reset_args must be columns of the row \(its columns: seed\); got 'answer'"):
+    with pytest.raises(ConfigError, match=r"^reset_args must be columns of the row \(its columns: seed\); "
+                                          r"got 'answer'"):
         guessing().reset({"seed": 1})

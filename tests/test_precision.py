@@ -17,7 +17,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @pytest.mark.parametrize("make", [lambda: (MLPPolicy(FixedTarget([2, 5, 7]), 16), FixedTarget([2, 5, 7])),
-                                  lambda: (TransformerPolicy(Reverse(), d_model=32), Reverse())], ids=["mlp", "transformer"])
+                                  lambda: (TransformerPolicy(Reverse(), d_model=32), Reverse())],
+                         ids=["mlp", "transformer"])
 def test_log_probs_and_losses_are_float32_under_bf16_autocast(make):
     policy, task = make()
     queries = task.sample_queries(8, torch.Generator().manual_seed(0))

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 pytest.importorskip("gguf")
-from huggingface_hub import constants  # noqa: E402
-from tiny_gguf import write_llama_gguf  # noqa: E402  tests/ is on sys.path under pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from huggingface_hub import constants
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from sapo_lightning.checks import ConfigError  # noqa: E402
-from sapo_lightning.pretrained import resolve  # noqa: E402
+from sapo_lightning.checks import ConfigError
+from sapo_lightning.pretrained import resolve
+from tiny_gguf import write_llama_gguf  # tests/ is on sys.path under pytest
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +51,7 @@ def test_a_missing_relative_path_names_the_working_directory(tmp_path, monkeypat
         resolve("model.policy.init_args.path", "models/nowhere/../x")
     assert str(err.value) == f"model.policy.init_args.path: no such directory models/nowhere/../x (relative to the " \
                              f"working directory {tmp_path})"
-    with pytest.raises(ConfigError, match=f"^path: no such file missing.gguf \\(relative to the working directory"):
+    with pytest.raises(ConfigError, match="^path: no such file missing.gguf \\(relative to the working directory"):
         resolve("path", "missing.gguf")
 
 

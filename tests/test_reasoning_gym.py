@@ -9,8 +9,9 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-reasoning_gym = pytest.importorskip("reasoning_gym")
+pytest.importorskip("reasoning_gym")
 pytest.importorskip("transformers")
+import reasoning_gym
 
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.cli import main
@@ -101,7 +102,8 @@ def test_the_reward_is_the_datasets_score_of_the_extracted_answer():
 
 
 def test_the_score_uses_the_configured_dataset():
-    """decimal_arithmetic accepts an answer within one unit of its max_num_decimal_places: 0.1 here, 0.001 by default."""
+    """decimal_arithmetic accepts an answer within one unit of its max_num_decimal_places:
+    0.1 here, 0.001 by default."""
     config = {"min_num_decimal_places": 1, "max_num_decimal_places": 1}
     entry = reasoning_gym.create_dataset("decimal_arithmetic", size=1, seed=0, **config)[0]
     near = f"<answer>{float(entry['answer']) + 0.05:.4f}</answer>"
@@ -111,7 +113,8 @@ def test_the_score_uses_the_configured_dataset():
 
 @pytest.mark.parametrize(("text", "tag", "last_line", "last_number"), [
     ("<answer>12</answer>", "12", "<answer>12</answer>", "12"),
-    ("I think <answer> a </answer> or <answer>b c</answer>.\n", "b c", "I think <answer> a </answer> or <answer>b c</answer>.", None),
+    ("I think <answer> a </answer> or <answer>b c</answer>.\n", "b c",
+     "I think <answer> a </answer> or <answer>b c</answer>.", None),
     ("Legs: 4 + 8 = 12\n\nSo 12.\n  \n", None, "So 12.", "12"),
     ("x = \u22123.5, y = +2", None, "x = \u22123.5, y = +2", "2"),
     ("It is \u22123.5", None, "It is \u22123.5", "-3.5"),
@@ -159,15 +162,17 @@ def test_an_unknown_dataset_through_the_cli_is_one_line_and_writes_nothing(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-TINY = ('{"model_type": "llama", "vocab_size": 101, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, '
-        '"num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 640, "tie_word_embeddings": true, '
+TINY = ('{"model_type": "llama", "vocab_size": 101, "hidden_size": 16, "intermediate_size": 32, '
+        '"num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, '
+        '"max_position_embeddings": 640, "tie_word_embeddings": true, '
         '"attention_dropout": 0.0, "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}')
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["leg_counting", "chain_sum", "letter_counting"])
 def test_the_recipe_trains_on_any_dataset_switching_the_dataset_key_alone(tmp_path, plain_argv, dataset):
-    """The recipe with a tiny stand-in model and the ASCII tokenizer: two steps, then validation, whatever the dataset."""
+    """The recipe with a tiny stand-in model and the ASCII tokenizer: two steps, then validation,
+    whatever the dataset."""
     main(["fit", "--config", str(RECIPE), f"--data.task.init_args.dataset={dataset}",
           "--model.policy.init_args.path=null", f"--model.policy.init_args.model_config={TINY}",
           f"--data.task.init_args.tokenizer={ASCII}", "--data.task.init_args.max_prompt_length=600",

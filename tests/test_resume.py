@@ -10,8 +10,8 @@ from unittest import mock
 import pytest
 import torch
 
-from sapo_lightning.loop.checkpointing import AtomicCheckpointIO
 from sapo_lightning.cli import main
+from sapo_lightning.loop.checkpointing import AtomicCheckpointIO
 
 pytestmark = pytest.mark.slow  # pairs of fits compared bit for bit
 
@@ -201,7 +201,8 @@ def test_a_checkpoint_of_version_0_1_0_resumes_exactly(tmp_path):
     zeroed["state_dict"] = {k: v.zero_() if k.startswith("policy.") else v for k, v in zeroed["state_dict"].items()}
     torch.save(zeroed, tmp_path / "zeroed.ckpt")
     plain = ["--trainer.enable_progress_bar=false"]
-    runs = ((tmp_path / "straight", None), (tmp_path / "resumed", str(old)), (tmp_path / "zeroed", str(tmp_path / "zeroed.ckpt")))
+    runs = ((tmp_path / "straight", None), (tmp_path / "resumed", str(old)),
+            (tmp_path / "zeroed", str(tmp_path / "zeroed.ckpt")))
     for root, ckpt in runs:
         with mock.patch.object(sys, "argv", ["sapo-lightning"]):
             main(["fit", f"--config={CONFIG}", f"--trainer.default_root_dir={root}", "--trainer.max_steps=10",

@@ -159,7 +159,8 @@ def test_missing_column_names_function_and_column():
     with pytest.raises(RewardFunctionError) as caught:
         functions(["p"], ["c"], {"question": ["q"]})
     assert str(caught.value) == (
-        "reward function numeric_answer (rewards[1]) needs column 'answer', which the dataset lacks (its columns: question)"
+        "reward function numeric_answer (rewards[1]) needs column 'answer', which the dataset lacks "
+        "(its columns: question)"
     )
 
 
@@ -189,7 +190,8 @@ def test_columns_of_another_length_are_a_caller_error():
     ([{"function": BUILTIN + "exact_match"}, {"function": BUILTIN + "exact_match", "weight": 2}],
      "rewards[1].name must differ from rewards[0]'s; got 'exact_match'"),
     ([{"function": BUILTIN + "exact_match", "name": "a/b"}], "rewards[0].name must be a non-empty name"),
-    ([{"function": BUILTIN + "exact_match", "name": "acc.v2"}], "rewards[0].name must be a non-empty name without '/', '.'"),
+    ([{"function": BUILTIN + "exact_match", "name": "acc.v2"}],
+     "rewards[0].name must be a non-empty name without '/', '.'"),
     ([{"function": BUILTIN + "exact_match", "args": {"ignorecase": True}}],
      "rewards[0].args must be arguments that sapo_lightning.text.rewards.exact_match names (its parameters beside "
      "prompts and completions: answer, ignore_case); got 'ignorecase'"),
@@ -262,6 +264,7 @@ def test_bad_result_is_one_line_reward_function_error(spec, message):
 
 
 def test_error_names_the_failing_function_among_several():
-    functions = rewards({"function": BUILTIN + "exact_match"}, {"function": "test_reward_binding.raises", "name": "second"})
+    functions = rewards({"function": BUILTIN + "exact_match"},
+                        {"function": "test_reward_binding.raises", "name": "second"})
     with pytest.raises(RewardFunctionError, match=r"^reward function second \(rewards\[1\]\) raised ValueError"):
         functions(["p"], ["c"], {"answer": ["c"]})

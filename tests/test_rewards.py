@@ -10,7 +10,12 @@ import pytest
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.text.reward_binding import RewardFunctions
 from sapo_lightning.text.rewards import (
-    char_match, exact_match, final_number, number_anywhere, numeric_answer, regex_format,
+    char_match,
+    exact_match,
+    final_number,
+    number_anywhere,
+    numeric_answer,
+    regex_format,
 )
 
 BUILTIN = "sapo_lightning.text.rewards."
@@ -99,7 +104,8 @@ def test_number_anywhere_finds_the_reference_among_all_numbers():
 @pytest.mark.parametrize("spec, message", [
     ({"function": BUILTIN + "exact_match", "args": {"ignore_case": "yes"}},
      "rewards[0].args.ignore_case must be true or false; got 'yes'"),
-    ({"function": BUILTIN + "regex_format"}, "rewards[0].args.pattern must be a regular expression (a string); got None"),
+    ({"function": BUILTIN + "regex_format"},
+     "rewards[0].args.pattern must be a regular expression (a string); got None"),
     ({"function": BUILTIN + "regex_format", "args": {"pattern": "(unclosed"}},
      "rewards[0].args.pattern must be a valid regular expression; got '(unclosed' (missing ), unterminated subpattern"),
     ({"function": BUILTIN + "regex_format", "args": {"pattern": "a", "full": 1}},

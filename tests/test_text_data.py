@@ -11,15 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-datasets = pytest.importorskip("datasets")
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("datasets")
+pytest.importorskip("transformers")
+import datasets
 import pandas as pd  # a dependency of datasets
+import transformers
 from tokenizers import processors
 
 from sapo_lightning.checks import ConfigError
+from sapo_lightning.rollout import Prompts
 from sapo_lightning.text import dataset as dataset_module
 from sapo_lightning.text.dataset import PromptDataset
-from sapo_lightning.rollout import Prompts
 from sapo_lightning.text.prompts import pad_left
 from sapo_lightning.text.tokenizer import build_ascii_tokenizer
 from sapo_lightning.text.tokenizer import main as tokenizer_main
@@ -141,7 +143,8 @@ def test_prompts_repeat_slice_and_move():
 
 def test_prompts_cat_left_pads_to_the_widest():
     narrow = Prompts(torch.tensor([[7]]), torch.tensor([[1]]), ["n"], {"x": [1]})
-    wide = Prompts(torch.tensor([[1, 2, 3], [0, 4, 5]]), torch.tensor([[1, 1, 1], [0, 1, 1]]), ["a", "b"], {"x": [2, 3]})
+    wide = Prompts(torch.tensor([[1, 2, 3], [0, 4, 5]]), torch.tensor([[1, 1, 1], [0, 1, 1]]), ["a", "b"],
+                   {"x": [2, 3]})
     both = Prompts.cat([narrow, wide])
     assert both.input_ids.tolist() == [[0, 0, 7], [1, 2, 3], [0, 4, 5]]
     assert both.attention_mask.tolist() == [[0, 0, 1], [1, 1, 1], [0, 1, 1]]  # the added columns are masked out
@@ -173,7 +176,8 @@ def test_columns_in_memory_serve_as_a_file_does_and_keep_their_values(tmp_path, 
                "entry": [{"range": (i, i + 1)} for i in range(len(ROWS))]}
     in_memory = PromptDataset(columns, ascii_dir, 64, val_file={"prompt": ["hi", "ho"], "answer": [1, 2]})
     from_file = PromptDataset(write(tmp_path / "p.jsonl", ROWS), ascii_dir, 64, val_fraction=0.25)
-    assert sorted(r["text"] for r in in_memory.train_rows) == sorted(r["text"] for r in from_file.train_rows + from_file.val_rows)
+    assert (sorted(r["text"] for r in in_memory.train_rows)
+            == sorted(r["text"] for r in from_file.train_rows + from_file.val_rows))
     batch = in_memory.collate(in_memory.train_rows[:2])
     assert batch.columns["entry"] == [{"range": (0, 1)}, {"range": (1, 2)}]
     assert [r["text"] for r in in_memory.eval_rows("val", 5, 0)] == ["hi", "ho"]
@@ -242,7 +246,8 @@ def test_bad_input_is_a_config_error_naming_the_option(tmp_path, ascii_dir, case
 
 
 def test_a_bad_jsonl_line_is_named_as_an_editor_numbers_it(tmp_path, ascii_dir):
-    """pyarrow says "row N": from 0, blank lines skipped (and from each 10 MB block's start); the error names the line."""
+    """pyarrow says "row N": from 0, blank lines skipped (and from each 10 MB block's start);
+    the error names the line."""
     lines = [json.dumps(row) for row in ROWS]
     lines.insert(3, "")  # a line, no row
     lines[8] = '{"prompt": "What is 7+7?", "answer": }'  # line 9, row 7; the value missing at column 38
@@ -250,7 +255,8 @@ def test_a_bad_jsonl_line_is_named_as_an_editor_numbers_it(tmp_path, ascii_dir):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError) as error:
         PromptDataset(str(path), ascii_dir, 64)
-    assert str(error.value) == f"train_file must be a readable JSON file (line 9, column 38: Expecting value); got '{path}'"
+    assert str(error.value) == ("train_file must be a readable JSON file (line 9, column 38: Expecting value); "
+                                f"got '{path}'")
 
     chats = [[{"role": "user", "content": "hi"}]] * 3 + [[{"role": "bot", "content": "hi"}]]
     path.write_text("\n" + "".join(json.dumps({"prompt": chat}) + "\n" for chat in chats))  # row 3 on line 5
@@ -270,7 +276,8 @@ def test_a_row_is_named_by_its_line_where_rows_are_lines(tmp_path, ascii_dir, su
     path = write(tmp_path / f"p{suffix}", [{"prompt": p} for p in ["abc", "abcdefghij", "ab"]])
     with pytest.raises(ConfigError) as error:
         PromptDataset(path, ascii_dir, 5, too_long="error")
-    assert str(error.value) == f"max_prompt_length must be at least 10, the tokens of train_file {place} (or too_long: drop); got 5"
+    assert str(error.value) == (f"max_prompt_length must be at least 10, the tokens of train_file {place} "
+                                "(or too_long: drop); got 5")
 
 
 def test_a_missing_relative_path_names_the_working_directory(tmp_path, ascii_dir, monkeypatch):
@@ -437,7 +444,8 @@ def test_arithmetic_data_is_what_make_writes_disjoint_with_256_validation_sums(t
     data = ASSETS.parents[2] / "data" / "arithmetic"  # the SmolLM2 recipe's prompts
     assert_make_writes_the_shipped_files(data, tmp_path)
     rows = {name: [json.loads(line) for line in open(data / name)] for name in ("train.jsonl", "val.jsonl")}
-    pairs = {name: [tuple(map(int, re.findall(r"\d+", row["prompt"]))) for row in found] for name, found in rows.items()}
+    pairs = {name: [tuple(map(int, re.findall(r"\d+", row["prompt"]))) for row in found]
+             for name, found in rows.items()}
     assert len(set(pairs["val.jsonl"])) == 256 and len(set(pairs["train.jsonl"])) == 4096
     assert not set(pairs["val.jsonl"]) & set(pairs["train.jsonl"])
     for name, found in rows.items():

@@ -70,10 +70,12 @@ def test_a_resumed_text_run_equals_the_uninterrupted_one(tmp_path, prompts):
     straight = torch.load(tmp_path / "straight/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
     resumed = torch.load(tmp_path / "split/lightning_logs/version_1/checkpoints/last.ckpt", weights_only=True)
     assert straight["global_step"] == resumed["global_step"] == 16
-    assert straight["QueryDataModule"] == resumed["QueryDataModule"] == {"next_batch": 16, "seed": 0}  # 16 batches of 3 prompts: 5+ epochs
+    # 16 batches of 3 prompts: 5+ epochs
+    assert straight["QueryDataModule"] == resumed["QueryDataModule"] == {"next_batch": 16, "seed": 0}
     for name, value in straight["state_dict"].items():
         assert torch.equal(value, resumed["state_dict"][name]), name
-    assert straight["optimizer_states"][0]["state"][0]["exp_avg"].equal(resumed["optimizer_states"][0]["state"][0]["exp_avg"])
+    assert straight["optimizer_states"][0]["state"][0]["exp_avg"].equal(
+        resumed["optimizer_states"][0]["state"][0]["exp_avg"])
 
 
 def test_a_failing_reward_function_stops_the_run_with_one_line_and_keeps_its_checkpoints(tmp_path, prompts, capsys):

@@ -6,14 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 import huggingface_hub.constants  # a dependency of transformers
+import transformers
 
 from sapo_lightning.checks import ConfigError
 from sapo_lightning.lm.policy import CausalLMPolicy
+from sapo_lightning.lm.sampling import sampling_logits
 from sapo_lightning.rollout import Prompts
 from sapo_lightning.text.prompts import pad_left
-from sapo_lightning.lm.sampling import sampling_logits
 from sapo_lightning.text.task import PromptTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,8 @@ def make_policy(task, seed=0, arch="llama", **kwargs) -> CausalLMPolicy:
 
 
 def prompts(task, texts) -> Prompts:
-    ids, mask = pad_left([task.tokenizer.encode(t, add_special_tokens=False) for t in texts], task.tokenizer.pad_token_id)
+    ids, mask = pad_left([task.tokenizer.encode(t, add_special_tokens=False) for t in texts],
+                         task.tokenizer.pad_token_id)
     return Prompts(ids, mask, list(texts), {})
 
 
@@ -108,7 +110,7 @@ def test_kv_cache_draws_what_recomputing_the_prefix_draws(task, arch):
     queries = prompts(task, TEXTS)
     rollout = policy.sample(queries, torch.Generator().manual_seed(3))
     generator, responses = torch.Generator().manual_seed(3), torch.zeros(len(TEXTS), 0, dtype=torch.long)
-    for t in range(rollout.responses.shape[1]):  # every step recomputes prompt ⧺ tokens so far, no cache
+    for _ in range(rollout.responses.shape[1]):  # every step recomputes prompt ⧺ tokens so far, no cache
         padded = torch.cat([responses, torch.zeros(len(TEXTS), 1, dtype=torch.long)], 1)
         logits = policy.sampling_logits(model_logits(policy, queries, padded)[:, -1])
         noise = torch.rand(logits.shape, generator=generator)  # the uniforms sample_from_logits draws
@@ -220,8 +222,8 @@ def test_state_query_tasks_and_a_token_map_on_a_text_task_are_refused(task):
                                           "got 'CausalLMPolicy'"):
         CausalLMPolicy(FixedTarget([2, 5, 7]), model_config=LLAMA)
     with pytest.raises(ConfigError, match=r"tokenizer and token_ids must be null for a text task, whose tokens are "
-                                          r"its tokenizer's \(data.task.init_args.tokenizer\); got \{'tokenizer': None, "
-                                          r"'token_ids': \[0, 1\]\}"):
+                                          r"its tokenizer's \(data.task.init_args.tokenizer\); "
+                                          r"got \{'tokenizer': None, 'token_ids': \[0, 1\]\}"):
         CausalLMPolicy(task, model_config=LLAMA, token_ids=[0, 1])
 
 
@@ -294,4 +296,5 @@ def test_a_model_with_dropout_or_checkpointing_scores_every_row_whole_in_trainin
     checkpointed = model()
     checkpointed.gradient_checkpointing_enable()
     assert not can_share_prompts_in_training(checkpointed)
-    assert not can_share_prompts_in_training(AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**GPT2, "resid_pdrop": 0.1})))
+    assert not can_share_prompts_in_training(
+        AutoModelForCausalLM.from_config(AutoConfig.for_model(**{**GPT2, "resid_pdrop": 0.1})))

@@ -18,7 +18,8 @@ BUILTIN = "sapo_lightning.text.rewards."
 @pytest.fixture
 def prompts_file(tmp_path) -> str:
     path = tmp_path / "prompts.jsonl"
-    rows = [{"prompt": f"copy: {w}", "answer": w} for w in ["ab", "cde", "f", "gh"]] + [{"prompt": "none", "answer": None}]
+    rows = ([{"prompt": f"copy: {w}", "answer": w} for w in ["ab", "cde", "f", "gh"]]
+            + [{"prompt": "none", "answer": None}])
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 

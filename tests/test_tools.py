@@ -72,7 +72,8 @@ def test_arguments_are_cast_to_the_schema_types():
     [
         (call("multiply", '{"a": 2}'), "Error: no tool 'multiply'; the tools are echo, add, divide, history"),
         (call("add", '{"a": 2}'), "Error: bad arguments for add: missing a required argument: 'b'"),
-        (call("add", '{"a": 2, "b": 3, "c": 4}'), "Error: bad arguments for add: got an unexpected keyword argument 'c'"),
+        (call("add", '{"a": 2, "b": 3, "c": 4}'),
+         "Error: bad arguments for add: got an unexpected keyword argument 'c'"),
         (call("divide", '{"a": 1, "b": 0}'), "Error: divide raised ZeroDivisionError: division by zero"),
         (call("add", "[2, 3]"), "Error: the arguments of add must be an object; got [2, 3]"),
         ('<tool_call>["add"]</tool_call>', 'Error: a tool call is {"name": ..., "arguments": {...}}; got ["add"]'),
@@ -178,7 +179,8 @@ def test_a_tokenizer_gives_its_response_template(tmp_path):
     tokenizer.save_pretrained(tmp_path / "with_template")
     env = calculator(tokenizer=str(tmp_path / "with_template"))
     assert env.step('<call>{"name": "add", "arguments": {"a": 1, "b": 2}}</call>').observation == "3"
-    with pytest.raises(ConfigError, match=r"^tokenizer must be a tokenizer with a response_template .*; got '.*ascii'$"):
+    with pytest.raises(ConfigError, match=r"^tokenizer must be a tokenizer with a response_template .*; "
+                                          r"got '.*ascii'$"):
         ToolEnv("tool_envs.Calculator", tokenizer=ASCII)
 
 

@@ -126,7 +126,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_fewer_activat
         responses = policy.sample(queries, torch.Generator().manual_seed(1)).responses
         saved = []
 
-        def pack(tensor):
+        def pack(tensor, saved=saved):
             saved.append(tensor.numel() * tensor.element_size())
             return tensor
 

@@ -8,12 +8,11 @@ import pytest
 
 pytest.importorskip("transformers")
 pytest.importorskip("datasets")
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import vs_trl  # noqa: E402
-
-from sapo_lightning.lm.policy import CausalLMPolicy  # noqa: E402
+import vs_trl
+from sapo_lightning.lm.policy import CausalLMPolicy
 
 
 @pytest.fixture(scope="module")

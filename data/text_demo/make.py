@@ -24,7 +24,8 @@ TRAIN, VAL, SEED = 4000, 400, 0
 
 
 def split(pairs: list[tuple[str, str]], rng: random.Random) -> tuple[list, list]:
-    """Training and validation pairs, each in the order drawn: every word length gives VAL / (TRAIN + VAL) of its pairs."""
+    """Training and validation pairs, each in the order drawn:
+    every word length gives VAL / (TRAIN + VAL) of its pairs."""
     by_length: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for pair in pairs:
         by_length[len(pair[1])].append(pair)

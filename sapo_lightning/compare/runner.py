@@ -92,7 +92,8 @@ def read_scalars(log_dir: Path) -> Scalars:
 
 
 def run_cells(cells: list[Cell], workers: int, metric: str) -> dict[str, Scalars]:
-    """Run every cell (in this process when ``workers`` is 1) with a progress line per finished run; label -> scalars."""
+    """Run every cell (in this process when ``workers`` is 1) with a progress line per finished run;
+    label -> scalars."""
     start = time.perf_counter()
     scalars: dict[str, Scalars] = {}
 

@@ -56,7 +56,8 @@ class RunSummary:
 
 
 def summarise_run(
-    steps: Sequence[int], reward: Sequence[float], entropy: Sequence[float], threshold: float, margin: float, window: int
+    steps: Sequence[int], reward: Sequence[float], entropy: Sequence[float], threshold: float, margin: float,
+    window: int,
 ) -> RunSummary:
     """Summary of one run from its logged reward (and entropy) series."""
     if not reward:

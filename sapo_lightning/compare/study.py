@@ -57,7 +57,8 @@ def check_study(
     name: str, tasks: dict, objectives: dict, seeds: list[int], overrides: dict, threshold: float, margin: float,
     window: int, workers: int, report: list[str],
 ) -> None:
-    """Raise :class:`ConfigError` naming the first field out of its range (the objectives: see :func:`resolve_objective`)."""
+    """Raise :class:`ConfigError` naming the first field out of its range
+    (the objectives: see :func:`resolve_objective`)."""
     if not name or "/" in name or name in (".", ".."):
         fail("name", "a directory name (no '/')", name)
     if not tasks:

@@ -11,9 +11,8 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sapo_lightning.checks import ConfigError, fail
+from sapo_lightning.checks import ConfigError, fail, resolve_import
 from sapo_lightning.envs.environment import Step
-from sapo_lightning.checks import resolve_import
 
 OBSERVATION_BASE = ("done", "reward", "metadata")  # fields every OpenEnv Observation has
 
@@ -86,7 +85,8 @@ class OpenEnvEnvironment:
         try:
             self.env = cls(**dict(environment_args or {}))
         except TypeError as err:  # a missing or unknown argument, or an abstract method left out
-            raise ConfigError(f"environment_args: {environment} cannot be built: {' '.join(str(err).split())}") from None
+            raise ConfigError(f"environment_args: {environment} cannot be built: "
+                              f"{' '.join(str(err).split())}") from None
 
     @property
     def state(self) -> Any:

@@ -58,7 +58,8 @@ def build(name: Any, config: dict[str, Any] | None, size: int, seed: int) -> Any
     names = sorted(reasoning_gym.factory.DATASETS)
     if name not in names:
         close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.6)
-        hint = f"close names: {', '.join(close)}" if close else f"one of {len(names)}, see reasoning_gym.factory.DATASETS"
+        hint = (f"close names: {', '.join(close)}" if close
+                else f"one of {len(names)}, see reasoning_gym.factory.DATASETS")
         fail("dataset", f"a reasoning-gym dataset name ({hint})", name)
     config = {} if config is None else config
     if not isinstance(config, dict) or not all(isinstance(key, str) for key in config):
@@ -125,7 +126,8 @@ def score(
         answer_format: How the answer is read from a completion (:func:`extract`).
     """
     scorer = _scorer(dataset, json.dumps(config or {}, sort_keys=True))
-    return [float(scorer.score_answer(extract(c, answer_format), row)) for c, row in zip(completions, entry, strict=True)]
+    return [float(scorer.score_answer(extract(c, answer_format), row))
+            for c, row in zip(completions, entry, strict=True)]
 
 
 class ReasoningGymTask(PromptTask):

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sapo_lightning.checks import ConfigError, RunFailed, check_choice, check_int, check_number, fail, resolve_import
+from sapo_lightning.checks import ConfigError, RunFailed, check_int, check_number, fail, resolve_import
 from sapo_lightning.envs.environment import Step
 from sapo_lightning.loop.episodes import Limits, run_episodes
-from sapo_lightning.rollout import Episodes, Prompts, Rollout
+from sapo_lightning.rollout import Prompts, Rollout
 from sapo_lightning.tasks import Rewards, Task
 from sapo_lightning.text.dataset import PromptDataset
 from sapo_lightning.text.prompts import pad_left
@@ -212,8 +212,8 @@ class EnvTask(Task):
         rewards = self.rewards(queries, rollout)
         solved = rewards.total >= self.success_threshold
         turns = rollout.episodes.turns
-        return {"reward": rewards.total, "exact_match": solved.float(), "solved_turn_1": (solved & (turns == 1)).float(),
-                "turns": turns.float()}
+        return {"reward": rewards.total, "exact_match": solved.float(),
+                "solved_turn_1": (solved & (turns == 1)).float(), "turns": turns.float()}
 
     def sample_texts(self, queries: Prompts, rollout: Rollout) -> list[tuple[str, str]]:
         """Each episode as (its first user message, the rest with roles shown), for TextSamples."""

@@ -17,11 +17,10 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sapo_lightning.checks import ConfigError, fail
+from sapo_lightning.checks import ConfigError, fail, resolve_import
 from sapo_lightning.envs.environment import Step
 from sapo_lightning.envs.tool_calls import parse_tool_calls
 from sapo_lightning.text.reward_binding import RewardFunctions, RewardSpec
-from sapo_lightning.checks import resolve_import
 
 HIDDEN = ("reset", "reward")  # public methods of the class that are not tools
 

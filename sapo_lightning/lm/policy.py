@@ -18,11 +18,10 @@ from sapo_lightning.lm.prefill import can_share_prompts_in_training, prefill_onc
 from sapo_lightning.lm.sampling import response_mask, sampling_logits, truncated_scores
 from sapo_lightning.lm.turns import TurnDecoder
 from sapo_lightning.lora import LoRA, is_peft_model
-from sapo_lightning.rollout import Rollout, Scores
 from sapo_lightning.policies import Policy, check_token_queries, decode
 from sapo_lightning.pretrained import resolve
+from sapo_lightning.rollout import Prompts, Rollout, Scores
 from sapo_lightning.tasks import Task
-from sapo_lightning.rollout import Prompts
 
 
 class CausalLMPolicy(Policy):

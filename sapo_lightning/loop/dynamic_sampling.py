@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from sapo_lightning.advantages import all_equal
-from sapo_lightning.rollout import Rollout, concat_queries, concat_rollouts, take, take_rollout
 from sapo_lightning.checks import check_int, fail
+from sapo_lightning.rollout import Rollout, concat_queries, concat_rollouts, take, take_rollout
 from sapo_lightning.tasks import Rewards
 
 

@@ -40,7 +40,8 @@ class Decoder(Protocol):
 
 
 class Talk(Protocol):
-    """What the loop needs of a task: the environments' answers and their tokens (see :class:`~sapo_lightning.envs.EnvTask`)."""
+    """What the loop needs of a task: the environments' answers and their tokens
+    (see :class:`~sapo_lightning.envs.EnvTask`)."""
 
     def step(self, row: int, turn: int, tokens: list[int]) -> tuple[str, Any]:
         """Row ``row``'s environment's answer to its ``turn``-th turn (1 is the first), whose tokens are

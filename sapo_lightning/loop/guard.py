@@ -79,7 +79,8 @@ class StepGuard:
         return refusals.item() == 0
 
     def admit(self, finite: bool, step: int) -> bool:
-        """Whether optimizer step ``step`` (1 is the first) may change the weights; raise at the K-th refusal in a row."""
+        """Whether optimizer step ``step`` (1 is the first) may change the weights;
+        raise at the K-th refusal in a row."""
         if finite:
             self.in_a_row = 0
             return True

@@ -12,7 +12,6 @@ from sapo_lightning.advantages import GroupAdvantages
 from sapo_lightning.rollout import Rollout
 from sapo_lightning.tasks import Rewards
 
-
 MEAN, MIN, MAX = 0, 1, 2
 
 

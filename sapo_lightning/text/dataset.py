@@ -17,8 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from sapo_lightning.checks import ConfigError, check_choice, check_int, check_number, fail, missing_path
 from sapo_lightning.pretrained import resolve
-from sapo_lightning.seeds import derive_seed
 from sapo_lightning.rollout import Prompts
+from sapo_lightning.seeds import derive_seed
 from sapo_lightning.text.file_lines import json_error, row_lines, where
 from sapo_lightning.text.prompts import pad_left
 

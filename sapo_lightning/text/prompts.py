@@ -1,4 +1,5 @@
-"""Left padding of tokenized prompts (the batch type itself, :class:`~sapo_lightning.rollout.Prompts`, is the core's)."""
+"""Left padding of tokenized prompts
+(the batch type itself, :class:`~sapo_lightning.rollout.Prompts`, is the core's)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,6 @@ None contributes nothing, and a completion no function applies to gets total 0.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import numbers

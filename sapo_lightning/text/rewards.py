@@ -33,7 +33,8 @@ Reward = float | None
 
 # A number: optional sign, digits with optional thousands separators, optional decimals, or a simple
 # fraction a/b. Not inside a word ("x2") nor after a decimal point ("1.5.3" ends at 1.5).
-_NUMBER = re.compile(r"(?<![\w.])([-+\u2212]?)((?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?)(?![0-9])(?:/([0-9]+))?")
+_NUMBER = re.compile(r"(?<![\w.])([-+\u2212]?)((?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?)"
+                     r"(?![0-9])(?:/([0-9]+))?")
 _FRAC = re.compile(r"\\[dt]?frac\{\s*([-+]?[0-9.,]+)\s*\}\{\s*([0-9.,]+)\s*\}")
 
 
@@ -141,7 +142,8 @@ def exact_match(
 def char_match(
     prompts: list[str], completions: list[str], answer: Sequence, end_weight: float = 0.25, **_: Any
 ) -> list[Reward]:
-    """Partial credit for a short string answer: the share of positions right, stopping at the right length counting a little.
+    """Partial credit for a short string answer: the share of positions right,
+    stopping at the right length counting a little.
 
     With c the completion and a the reference (both stripped) and w = ``end_weight`` (an arg),
     the reward is ``(sum(c[i] == a[i]) + w·[len(c) == len(a)]) / (max(len(c), len(a)) + w)``:

@@ -35,7 +35,9 @@ class TextSamples(Callback):
                  type(pl_module.task).__name__)
 
     @torch.no_grad()
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, *args: Any
+    ) -> None:
         due = crossed_multiple(trainer.global_step, pl_module.steps_per_rollout, self.every_n_steps)
         loggers = [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
         if not (due and trainer.is_global_zero and loggers):

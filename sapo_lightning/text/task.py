@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from sapo_lightning.checks import check_int, check_number
+from sapo_lightning.rollout import Prompts, Rollout
 from sapo_lightning.tasks import Rewards, Task
 from sapo_lightning.text.dataset import PromptDataset
-from sapo_lightning.rollout import Prompts, Rollout
 from sapo_lightning.text.reward_binding import RewardFunctions, RewardSpec
 
 
