@@ -16,19 +16,9 @@ import argparse
 import statistics
 from pathlib import Path
 
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from smollm2_recipe import read  # benchmarks/ is the script's directory
 
 WITHIN, FIRST, TURNS = "val/exact_match", "val/solved_turn_1", "val/turns"
-
-
-def read(run: Path) -> dict[str, list[tuple[int, float, float]]]:
-    """tag -> [(step, minutes since the run started, value)] of the newest version under ``run``."""
-    version = max((run / "lightning_logs").iterdir(), key=lambda p: int(p.name.split("_")[-1]))
-    start = (version / "config.yaml").stat().st_mtime
-    events = EventAccumulator(str(version))
-    events.Reload()
-    return {tag: [(e.step, (e.wall_time - start) / 60, e.value) for e in events.Scalars(tag)]
-            for tag in events.Tags()["scalars"]}
 
 
 def main() -> None:

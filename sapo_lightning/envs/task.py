@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -13,17 +12,18 @@ from sapo_lightning.checks import ConfigError, RunFailed, check_int, check_numbe
 from sapo_lightning.envs.environment import Step
 from sapo_lightning.loop.episodes import Limits, run_episodes
 from sapo_lightning.rollout import Prompts, Rollout
-from sapo_lightning.tasks import Rewards, Task
+from sapo_lightning.tasks import Rewards
 from sapo_lightning.text.dataset import PromptDataset
 from sapo_lightning.text.prompts import pad_left
 from sapo_lightning.text.reward_binding import RewardFunctions, RewardSpec
+from sapo_lightning.text.task import DatasetTask
 
 
 class EnvironmentFailed(RunFailed):
     """An environment raised, or answered with something other than a :class:`~sapo_lightning.envs.Step`."""
 
 
-class EnvTask(Task):
+class EnvTask(DatasetTask):
     """Episodes of several turns between the policy and an environment, one environment object per episode.
 
     Every episode of a group of G starts from the same dataset row: a fresh environment is built from
@@ -95,16 +95,6 @@ class EnvTask(Task):
         self.stop_token_ids = [self.eos_token, *(t for t in stop_token_ids or [] if t != self.eos_token)]
         self.longest_prompt = self.max_episode_tokens - self.response_len  # with a turn: the context to hold
         self._closing, self._after_turn = self._end_of_turn() if chat else (self.eos_token, "")
-
-    # -- data: the dataset's rows ----------------------------------------------------------------
-    def train_batch(self, index: int, batch_size: int, seed: int, rank: int, world_size: int) -> Prompts:
-        return self.data.train_batch(index, batch_size, seed, rank, world_size)
-
-    def eval_rows(self, stage: str, size: int, seed: int) -> Sequence[Any]:
-        return self.data.eval_rows(stage, size, seed)
-
-    def collate(self, rows: Sequence[Any]) -> Prompts:
-        return self.data.collate(rows)
 
     # -- episodes ---------------------------------------------------------------------------------
     def sample(self, policy: Any, queries: Prompts, generator: torch.Generator | None = None,

@@ -15,7 +15,22 @@ from sapo_lightning.text.dataset import PromptDataset
 from sapo_lightning.text.reward_binding import RewardFunctions, RewardSpec
 
 
-class PromptTask(Task):
+class DatasetTask(Task):
+    """A task whose rows come from a :class:`~sapo_lightning.text.dataset.PromptDataset`, ``self.data``."""
+
+    data: PromptDataset
+
+    def train_batch(self, index: int, batch_size: int, seed: int, rank: int, world_size: int) -> Prompts:
+        return self.data.train_batch(index, batch_size, seed, rank, world_size)
+
+    def eval_rows(self, stage: str, size: int, seed: int) -> Sequence[Any]:
+        return self.data.eval_rows(stage, size, seed)
+
+    def collate(self, rows: Sequence[Any]) -> Prompts:
+        return self.data.collate(rows)
+
+
+class PromptTask(DatasetTask):
     """Prompts from a local dataset, completions by a causal LM, rewards from Python functions.
 
     Every training batch takes ``data.batch_size`` prompts from a seeded, per-epoch shuffle of
@@ -81,16 +96,6 @@ class PromptTask(Task):
         #: tokens of the longest prompt of any split: with max_new_tokens, the positions a policy must hold
         self.longest_prompt = max(len(row["input_ids"]) for rows in (self.data.train_rows, self.data.val_rows,
                                                                      self.data.test_rows) for row in rows)
-
-    # -- data: the dataset's ---------------------------------------------------------------
-    def train_batch(self, index: int, batch_size: int, seed: int, rank: int, world_size: int) -> Prompts:
-        return self.data.train_batch(index, batch_size, seed, rank, world_size)
-
-    def eval_rows(self, stage: str, size: int, seed: int) -> Sequence[Any]:
-        return self.data.eval_rows(stage, size, seed)
-
-    def collate(self, rows: Sequence[Any]) -> Prompts:
-        return self.data.collate(rows)
 
     # -- rewards ---------------------------------------------------------------------------
     def decode(self, responses: Tensor, mask: Tensor) -> list[str]:
