@@ -206,8 +206,8 @@ def test_report_tags_are_columns_of_their_runs_last_logged_values(study):
         runs = list(csv.DictReader(f))
     for row, objective in zip(rows, ["sapo", "sapo-sym"]):
         logs = [read_scalars(study / "runs" / "seed" / objective / f"seed{seed}") for seed in (0, 1)]
-        assert [log["val/exact_match"][0] for log in logs] == [[5, 11], [5, 11]]
-        assert [log["train/approx_kl"][0] for log in logs] == [[2, 5, 8, 11], [2, 5, 8, 11]]
+        assert [log["val/exact_match"][0] for log in logs] == [[6, 12], [6, 12]]  # x = global_step
+        assert [log["train/approx_kl"][0] for log in logs] == [[3, 6, 9, 12], [3, 6, 9, 12]]
         for column, tag in ((8, "val/exact_match"), (9, "train/approx_kl")):
             last = [log[tag][1][-1] for log in logs]
             assert [float(r[tag]) for r in runs if r["objective"] == objective] == pytest.approx(last)
