@@ -158,6 +158,7 @@ def test_ranks_skip_together(tmp_path):
     assert last["nonfinite_steps"] == 1
 
 
+@pytest.mark.slow  # two processes
 def test_under_ddp_the_stop_is_one_line(tmp_path):
     """Both ranks stop on the same step; the user reads the error once."""
     from multiprocess_fit import run_fit
