@@ -1,5 +1,6 @@
 """reasoning-gym datasets as tasks: rows by name and config, disjoint splits, score_answer rewards, the CLI."""
 
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -101,6 +102,21 @@ def test_the_reward_is_the_datasets_score_of_the_extracted_answer():
     assert values["reward"].tolist() == pytest.approx(expected)
 
 
+def test_dataset_configs_apply_to_the_named_dataset_only_and_config_wins():
+    """A recipe's tuned config for one dataset leaves another dataset at its defaults."""
+    tuned = {"gcd": {"max_value": 9}, "leg_counting": {"min_animals": 1, "max_animals": 1}}
+
+    def numbers(t: ReasoningGymTask) -> set[int]:
+        epoch = questions(t.train_batch(0, 40, seed=0, rank=0, world_size=1))
+        return {int(n) for q in epoch for n in re.findall(r"\d+", q.split(":")[1])}
+
+    assert max(numbers(task("gcd", dataset_configs=tuned, val_size=64))) <= 9
+    assert max(numbers(task("gcd", dataset_configs=tuned, config={"max_value": 99}, val_size=64))) > 9  # config wins
+    assert max(numbers(task("gcd"))) > 99  # no entry, no config: gcd's default, numbers up to 1000
+    chain = questions(task("chain_sum", dataset_configs=tuned).train_batch(0, 40, seed=0, rank=0, world_size=1))
+    assert chain == questions(task("chain_sum").train_batch(0, 40, seed=0, rank=0, world_size=1))
+
+
 def test_the_score_uses_the_configured_dataset():
     """decimal_arithmetic accepts an answer within one unit of its max_num_decimal_places:
     0.1 here, 0.001 by default."""
@@ -136,6 +152,10 @@ def test_extraction_modes(text, tag, last_line, last_number):
     ({"config": {"min_animals": 5, "max_animals": 2}}, ("config must be a valid config of leg_counting; got "
      "{'min_animals': 5, 'max_animals': 2} (AssertionError: max_animals must be >= min_animals)")),
     ({"answer_format": "boxed"}, "answer_format must be one of tag, last_line, last_number; got 'boxed'"),
+    ({"dataset_configs": {"leg_countin": {}}}, "dataset_configs must be a reasoning-gym dataset name (close names: "),
+    ({"dataset_configs": {"gcd": {"max_animals": 3}}},
+     "dataset_configs.gcd.max_animals must be a field of gcd's config"),
+    ({"dataset_configs": [3]}, "dataset_configs must be a mapping {dataset name: {config fields}}, or null; got [3]"),
     ({"size": 0}, "size must be an integer >= 1; got 0"),
     ({"chat": False, "system_prompt": "Hi."}, "system_prompt must be null when chat is false"),
 ])

@@ -45,6 +45,40 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+def check_name(name: Any, option: str = "dataset") -> None:
+    """Stop with one line naming ``option`` unless ``name`` is a reasoning-gym dataset (close names listed)."""
+    names = sorted(_require().factory.DATASETS)
+    if name not in names:
+        close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.6)
+        hint = (f"close names: {', '.join(close)}" if close
+                else f"one of {len(names)}, see reasoning_gym.factory.DATASETS")
+        fail(option, f"a reasoning-gym dataset name ({hint})", name)
+
+
+def check_fields(name: str, config: Any, option: str = "config") -> dict[str, Any]:
+    """``config`` as a dict of fields of ``name``'s config class (null: {}); one line naming ``option`` if not."""
+    config = {} if config is None else config
+    if not isinstance(config, dict) or not all(isinstance(key, str) for key in config):
+        fail(option, f"a mapping of {name}'s config fields to values, or null", config)
+    fields = list(_require().factory.DATASETS[name][1].__dataclass_fields__)
+    settable = [field for field in fields if field not in ("size", "seed")]
+    unknown = [key for key in config if key not in settable]
+    if unknown:
+        fail(f"{option}.{unknown[0]}", f"a field of {name}'s config ({', '.join(settable)}; size and seed are the "
+             "task's own)", config[unknown[0]])
+    return config
+
+
+def config_of(dataset: str, config: dict[str, Any] | None, dataset_configs: dict[str, Any] | None) -> dict[str, Any]:
+    """The config ``dataset`` is built with: its entry in ``dataset_configs``, updated by ``config``; all checked."""
+    if dataset_configs is not None and not isinstance(dataset_configs, dict):
+        fail("dataset_configs", "a mapping {dataset name: {config fields}}, or null", dataset_configs)
+    for name, fields in (dataset_configs or {}).items():
+        check_name(name, "dataset_configs")
+        check_fields(name, fields, f"dataset_configs.{name}")
+    return {**((dataset_configs or {}).get(dataset) or {}), **check_fields(dataset, config)}
+
+
 def build(name: Any, config: dict[str, Any] | None, size: int, seed: int) -> Any:
     """The reasoning-gym dataset ``name`` with ``config``, ``size`` rows drawn from ``seed``; checked.
 
@@ -55,21 +89,8 @@ def build(name: Any, config: dict[str, Any] | None, size: int, seed: int) -> Any
         seed: Its seed.
     """
     reasoning_gym = _require()
-    names = sorted(reasoning_gym.factory.DATASETS)
-    if name not in names:
-        close = difflib.get_close_matches(str(name), names, n=5, cutoff=0.6)
-        hint = (f"close names: {', '.join(close)}" if close
-                else f"one of {len(names)}, see reasoning_gym.factory.DATASETS")
-        fail("dataset", f"a reasoning-gym dataset name ({hint})", name)
-    config = {} if config is None else config
-    if not isinstance(config, dict) or not all(isinstance(key, str) for key in config):
-        fail("config", f"a mapping of {name}'s config fields to values, or null", config)
-    fields = list(reasoning_gym.factory.DATASETS[name][1].__dataclass_fields__)
-    settable = [field for field in fields if field not in ("size", "seed")]
-    unknown = [key for key in config if key not in settable]
-    if unknown:
-        fail(f"config.{unknown[0]}", f"a field of {name}'s config ({', '.join(settable)}; size and seed are the "
-             "task's own)", config[unknown[0]])
+    check_name(name)
+    config = check_fields(name, config)
     try:
         return reasoning_gym.create_dataset(name, size=size, seed=seed, **config)
     except Exception as err:  # a config's validate() raises AssertionError, ValueError, TypeError...
@@ -149,6 +170,8 @@ class ReasoningGymTask(PromptTask):
         tokenizer: The tokenizer, as :class:`~sapo_lightning.text.task.PromptTask`'s.
         config: That dataset's config fields (not ``size`` or ``seed``), e.g. ``{max_animals: 3}``;
             null: its defaults.
+        dataset_configs: Config fields by dataset name, used when ``dataset`` names one (``config``'s
+            fields win): a recipe tunes its dataset and still switches by ``dataset`` alone.
         size: Training rows generated.
         val_size: Validation rows generated before the overlap is dropped; ``data.val_size`` of
             those left are used.
@@ -172,6 +195,7 @@ class ReasoningGymTask(PromptTask):
         dataset: str,
         tokenizer: str,
         config: dict[str, Any] | None = None,
+        dataset_configs: dict[str, dict[str, Any]] | None = None,
         size: int = 1000,
         val_size: int = 256,
         seed: int = 0,
@@ -192,6 +216,8 @@ class ReasoningGymTask(PromptTask):
             fail("system_prompt", "null when chat is false (a system message needs the chat template)", system_prompt)
         self.instruction = INSTRUCTIONS[answer_format] if instruction is None else instruction
         self.system_prompt = system_prompt
+        check_name(dataset)
+        config = config_of(dataset, config, dataset_configs)
         train = generate(build(dataset, config, size, seed), "training")
         val = generate(build(dataset, config, val_size, derive_seed(seed, VAL_STREAM)), "validation")
         seen = {row["question"] for row in train}
