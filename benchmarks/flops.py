@@ -53,8 +53,9 @@ def best_seconds(call, repeats: int) -> float:
     return min(times)
 
 
-def matmul_peaks(threads: int, repeats: int = 5, shape: dict[str, int] = SMOLLM2) -> dict[str, float]:
-    """GFLOP/s of float32 ``torch.mm`` at ``threads`` threads, by label; ``peak`` is the best of them."""
+def matmul_peaks(threads: int, repeats: int = 5, shape: dict[str, int] = SMOLLM2,
+                 dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """GFLOP/s of ``dtype`` ``torch.mm`` at ``threads`` threads, by label; ``peak`` is the best of them."""
     torch.set_num_threads(threads)
     d, ff, kv, vocab = shape["d"], shape["d_ff"], shape["kv"], shape["vocab"]
     cases = {"2048 x 2048 x 2048": (2048, 2048, 2048)}
@@ -65,8 +66,8 @@ def matmul_peaks(threads: int, repeats: int = 5, shape: dict[str, int] = SMOLLM2
     generator = torch.Generator().manual_seed(0)
     rates = {}
     for label, (m, k, n) in cases.items():
-        a, b = torch.randn(m, k, generator=generator), torch.randn(k, n, generator=generator)
-        out = torch.empty(m, n)
+        a, b = torch.randn(m, k, generator=generator).to(dtype), torch.randn(k, n, generator=generator).to(dtype)
+        out = torch.empty(m, n, dtype=dtype)
         rates[label] = 2 * m * k * n / best_seconds(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), repeats) / 1e9
     rates["peak"] = max(rates.values())
     return rates
@@ -142,23 +143,25 @@ PHASES = [  # (label, phase, its milliseconds per step in vs_trl.summarise)
 ]
 
 
-def print_peaks(peaks: dict[str, float], gbs: float) -> None:
-    print("| float32 matmul | GFLOP/s |\n|---|---|")
+def print_peaks(peaks: dict[str, float], gbs: float, dtype: torch.dtype = torch.float32) -> None:
+    print(f"| {str(dtype).removeprefix('torch.')} matmul | GFLOP/s |\n|---|---|")
     for label, rate in peaks.items():
         print(f"| {label} | {rate:.1f} |")
     print(f"| memory bandwidth (torch.add, 2^25 floats), GB/s | {gbs:.1f} |")
 
 
-def print_utilisation(summary: dict[str, float], model_dir, threads: int, repeats: int = 5) -> None:
-    """The table: per phase, useful GFLOP, seconds, GFLOP/s and the share of the peak (or of the bandwidth)."""
+def print_utilisation(summary: dict[str, float], model_dir, threads: int, repeats: int = 5,
+                      dtype: torch.dtype = torch.float32) -> None:
+    """The table: per phase, useful GFLOP, seconds, GFLOP/s and the share of the ``dtype`` matmul peak (or of the
+    bandwidth); a bf16-mixed run is measured against the bfloat16 peak, the higher one."""
     n, head = parameter_count(model_dir)
-    peaks, gbs = matmul_peaks(threads, repeats), bandwidth(threads, repeats)
+    peaks, gbs = matmul_peaks(threads, repeats, dtype=dtype), bandwidth(threads, repeats)
     flops = useful_flops(n, head, summary)
     print(f"\nthe physical limit ({threads} threads): N = {n / 1e6:.1f}M parameters (the tied embedding once; "
           f"{head / 1e6:.1f}M of them the V x d matrix); per step {summary['prompt_tokens']:.0f} distinct prompt "
           f"tokens, {summary['completion_tokens']:.0f} completion tokens of {summary['rows']:.0f} x "
           f"{summary['width']:.0f} positions\n")
-    print_peaks(peaks, gbs)
+    print_peaks(peaks, gbs, dtype)
     print("\n| phase (ours, frozen runs) | useful GFLOP / step | s / step | GFLOP/s | of the matmul peak |\n"
           "|---|---|---|---|---|")
     for label, phase, key in PHASES:

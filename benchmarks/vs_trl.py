@@ -5,6 +5,7 @@
     python benchmarks/vs_trl.py --task text              # the text demo's prompts, char_match reward
     python benchmarks/vs_trl.py --steps 60 --pairs 3 --learn-steps 300
     python benchmarks/vs_trl.py --task smollm2 --steps 12 --skip 2 --pairs 2 --learn-steps 40 --save smollm2.json
+    python benchmarks/vs_trl.py --task smollm2 --steps 8 --skip 2 --pairs 1 --learn-steps 0 --bf16   # both in bf16
     python benchmarks/vs_trl.py --task smollm2 --steps 2 --skip 0 --pairs 1 --learn-steps 2 --batch 1 --threads 1
 
 ``--task smollm2`` is configs/smollm2_arithmetic.yaml's recipe (needs ``pip install -e ".[gguf]"`` and
@@ -340,7 +341,7 @@ class PhaseClock:
 
 # -- our side ---------------------------------------------------------------------------------
 def run_ours(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_wall: float, batch: int,
-             threads: int) -> None:
+             threads: int, bf16: bool = False) -> None:
     """``sapo-lightning fit`` through the public CLI, on the task's config with the shared model."""
     from sapo_lightning.cli import main
 
@@ -363,6 +364,7 @@ def run_ours(task: str, model_dir: Path, steps: int, lr: float, out: Path, start
               f"--model.objective.init_args.tau_neg={COMMON['tau_neg']}",
               f"--model.optimizer.init_args.lr={lr}", "--sync.every_n_steps=1",
               f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--trainer.log_every_n_steps=1",
+              *(["--config", str(ROOT / "configs/bf16.yaml")] if bf16 else []),
               "--trainer.enable_checkpointing=false", "--trainer.enable_progress_bar=false",
               f"--trainer.default_root_dir={root}", f"--trainer.callbacks=[{json.dumps(probe)}]"])
 
@@ -404,8 +406,8 @@ class OursProbe(_lightning_callback_base()):
 
         group = pl_module.group_size
 
-        def recorded(queries, responses, mask):
-            result = rewards(queries, responses, mask)
+        def recorded(queries, rollout):
+            result, mask = rewards(queries, rollout), rollout.mask
             clock.rewards.append(result.total.mean().item())
             if hasattr(queries, "attention_mask"):  # text prompts: the FLOP count's tokens (benchmarks/flops.py)
                 clock.tokens.append({"prompt_tokens": int(queries.attention_mask.sum()) // group,  # distinct prompts
@@ -427,7 +429,7 @@ class OursProbe(_lightning_callback_base()):
 
 # -- TRL's side -------------------------------------------------------------------------------
 def run_trl(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_wall: float, batch: int,
-            threads: int) -> None:
+            threads: int, bf16: bool = False) -> None:
     """``GRPOTrainer(loss_type="sapo")`` on the same model directory, prompts, reward and settings."""
     import torch
     from datasets import Dataset
@@ -482,7 +484,7 @@ def run_trl(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_
         max_completion_length=setting["max_new_tokens"], temperature=setting["temperature"], top_p=1.0, top_k=0,
         learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, optim="adamw_torch",
         max_grad_norm=COMMON["max_grad_norm"], scale_rewards="group", max_steps=steps, shuffle_dataset=False,
-        seed=COMMON["seed"], use_vllm=False, bf16=False, fp16=False, use_cpu=True,
+        seed=COMMON["seed"], use_vllm=False, bf16=bf16, fp16=False, use_cpu=True,
         **no_checkpointing(GRPOConfig),
         model_init_kwargs={"dtype": torch.float32}, logging_steps=1, report_to="none", save_strategy="no",
         disable_tqdm=True, dataloader_num_workers=0, log_completions=False,
@@ -516,7 +518,8 @@ def launch(side: str, args, model_dir: Path, steps: int, lr: float, out: Path) -
            "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--task", args.task, "--model-dir",
                str(model_dir), "--steps", str(steps), "--lr", repr(lr), "--out", str(out), "--batch",
-               str(args.batch), "--threads", threads, "--start-wall", repr(time.time())]
+               str(args.batch), "--threads", threads, "--start-wall", repr(time.time()),
+               *(["--bf16"] if args.bf16 else [])]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0 or not out.exists():
         raise SystemExit(f"{side} run failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
@@ -632,6 +635,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None,
                         help="prompts per step (default: 8 for smollm2, else 16; smaller only for smoke tests)")
     parser.add_argument("--save", type=Path, default=None, help="also write every run's report to this JSON file")
+    parser.add_argument("--bf16", action="store_true",
+                        help="both sides in bf16 mixed precision: ours with configs/bf16.yaml, TRL with bf16=True")
     # the child's arguments (one run in this process)
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -644,7 +649,8 @@ def main() -> None:
     args.batch = args.batch or setting["batch"]
     if args.child:
         run = run_ours if args.child == "ours" else run_trl
-        run(args.task, args.model_dir, args.steps, args.lr, args.out, args.start_wall, args.batch, args.threads)
+        run(args.task, args.model_dir, args.steps, args.lr, args.out, args.start_wall, args.batch, args.threads,
+            args.bf16)
         return
     if args.learn_steps is None:
         args.learn_steps = {"copy": 200, "text": 300, "smollm2": 40}[args.task]
@@ -652,7 +658,8 @@ def main() -> None:
         parser.error(f"--steps must exceed --skip + 1 = {args.skip + 1}")
     load = os.getloadavg()
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, {versions()}; {args.threads} torch thread(s) per process, "
-          f"{args.batch} prompts x {COMMON['group']} completions per step", flush=True)
+          f"{args.batch} prompts x {COMMON['group']} completions per step; "
+          f"{'bf16 mixed precision on both sides' if args.bf16 else 'float32 on both sides'}", flush=True)
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
         model_dir = model_directory(args.task, directory)
@@ -683,7 +690,9 @@ def main() -> None:
             import flops
 
             ours = {key: statistics.mean(run[key] for run in frozen["ours"]) for key in frozen["ours"][0]}
-            flops.print_utilisation(ours, model_dir, args.threads)
+            import torch
+
+            flops.print_utilisation(ours, model_dir, args.threads, dtype=torch.bfloat16 if args.bf16 else torch.float32)
 
 
 def base_accuracy(model_dir: Path, threads: int) -> dict[str, float]:
