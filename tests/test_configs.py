@@ -250,10 +250,13 @@ def test_reasoning_gym_recipe_parses_with_the_arithmetic_recipes_hyperparameters
     task = resolved["data"]["task"]
     assert task["class_path"] == "sapo_lightning.envs.reasoning_gym.ReasoningGymTask"
     # the dataset's defaults: switch it alone
-    assert task["init_args"]["dataset"] and task["init_args"]["config"] is None
+    assert task["init_args"]["dataset"] and task["init_args"]["config"] is None  # dataset_configs: per dataset
     arithmetic = resolve(capsys, ["--config", str(SMOLLM2)])
-    for key in ("model", "trainer", "sync", "checkpoint", "seed_everything"):
+    for key in ("model", "sync", "checkpoint", "seed_everything"):
         assert resolved[key] == arithmetic[key], key
+    assert resolved["trainer"]["max_steps"] == 2 * arithmetic["trainer"]["max_steps"]  # learns at half the rate
+    assert {k: v for k, v in resolved["trainer"].items() if k != "max_steps"} == {
+        k: v for k, v in arithmetic["trainer"].items() if k != "max_steps"}
     assert {k: v for k, v in resolved["data"].items() if k != "task"} == {
         k: v for k, v in arithmetic["data"].items() if k != "task"}
 
