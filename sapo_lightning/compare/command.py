@@ -116,7 +116,7 @@ def compare(
     lines = [f"# Study `{name}`", "",
              f"{len(seeds)} seeds per cell; reward = `{metric}`, smoothed by a trailing mean over {window} log "
              f"points; threshold {threshold}; collapse margin {margin}. Mean ± 95% CI (Student t) over seeds. "
-             "Steps are TensorBoard steps (optimizer steps - 1).", ""]
+             "Steps are optimizer steps (TensorBoard steps: each value is logged at the step it follows).", ""]
     if report:
         lines += ["Final " + ", ".join(f"`{tag}`" for tag in report) + ": each run's last logged value.", ""]
     if plots:
