@@ -4,9 +4,10 @@
     python benchmarks/precision_recipe.py --steps 8 --runs 2 --threads 2
 
 Sides: ``float32`` (the config as it is), ``bf16`` (with ``configs/bf16.yaml``: bf16-mixed, decoding and
-update under bf16 autocast) and ``bf16 + recompute`` (also ``model.recompute_old_log_probs=true``). Each
+update under bf16 autocast), ``bf16 + recompute`` (also ``model.recompute_old_log_probs=true``) and
+``bf16, eager attention`` (the overlay with ``model.policy.init_args.attention=eager``). Each
 run is a fresh ``sapo-lightning fit`` process (no validation, no checkpoints) with ``--threads``
-torch threads; the sides alternate (A B C C B A ...) so that load from other processes falls on all.
+torch threads; the sides alternate (A B C D D C B A ...) so that load from other processes falls on all.
 From each run's TensorBoard events: seconds per step (the wall time between the ``train/reward``
 events of steps 2 .. end: the first step's warm-up is left out), the mean ``train/mismatch_kl`` and
 ``train/mismatch_ratio_outside`` over its steps (the k3 KL between the log-probs stored at sampling
@@ -28,7 +29,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = {"float32": [], "bf16": ["--config", "configs/bf16.yaml"],
-         "bf16 + recompute": ["--config", "configs/bf16.yaml", "--model.recompute_old_log_probs=true"]}
+         "bf16 + recompute": ["--config", "configs/bf16.yaml", "--model.recompute_old_log_probs=true"],
+         "bf16, eager attention": ["--config", "configs/bf16.yaml", "--model.policy.init_args.attention=eager"]}
 TAGS = ["train/mismatch_kl", "train/mismatch_ratio_outside", "train/reward"]
 
 
@@ -60,22 +62,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (at least 3)")
     parser.add_argument("--runs", type=int, default=1, help="runs per side")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sides", nargs="+", choices=list(SIDES), default=list(SIDES), metavar="SIDE",
+                        help=f"which sides to run, of: {', '.join(SIDES)}")
     args = parser.parse_args()
     if args.steps < 3:
         parser.error(f"--steps must be at least 3; got {args.steps}")
     print(f"{args.config}, {args.steps} steps per run, {args.threads} thread(s); "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    results: dict[str, list[dict[str, float]]] = {side: [] for side in SIDES}
+    results: dict[str, list[dict[str, float]]] = {side: [] for side in args.sides}
     for i in range(args.runs):
-        for side in (list(SIDES) if i % 2 == 0 else list(reversed(SIDES))):
+        for side in (args.sides if i % 2 == 0 else list(reversed(args.sides))):
             results[side].append(run(args.config, SIDES[side], args.steps, args.threads))
             r = results[side][-1]
             print(f"run {i + 1} {side}: {r['s_per_step']:.2f} s/step, mismatch_kl {r['mismatch_kl']:.3g}, "
                   f"outside {r['mismatch_ratio_outside']:.3%}, reward {r['reward']:.3f}", flush=True)
-    base = statistics.mean(r["s_per_step"] for r in results["float32"])
+    base = statistics.mean(r["s_per_step"] for r in results[args.sides[0]])
     print(f"\nload average after {os.getloadavg()[0]:.2f}; mean over {args.runs} run(s) per side\n")
-    print("| precision | s / step | vs float32 | train/mismatch_kl | train/mismatch_ratio_outside | train/reward |\n"
-          "|---|---|---|---|---|---|")
+    print(f"| precision | s / step | vs {args.sides[0]} | train/mismatch_kl | train/mismatch_ratio_outside "
+          "| train/reward |\n|---|---|---|---|---|---|")
     for side, runs in results.items():
         mean = {key: statistics.mean(r[key] for r in runs) for key in runs[0]}
         print(f"| {side} | {mean['s_per_step']:.2f} | {mean['s_per_step'] / base:.2f}x | {mean['mismatch_kl']:.3g} | "

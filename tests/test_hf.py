@@ -218,3 +218,21 @@ def test_a_config_naming_a_removed_policy_class_is_one_line_naming_the_new_one(
                    "sapo_lightning.lm.policy.CausalLMPolicy, the one policy for token and text tasks, with the same "
                    "init_args\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_attention_picks_the_kernel_of_a_saved_model_and_scores_the_same(tmp_path):
+    task = Copy(length=3, num_symbols=8)
+    torch.manual_seed(1)
+    CausalLMPolicy(task, model_config=LLAMA).model.save_pretrained(tmp_path)
+    default, eager = (CausalLMPolicy(task, path=str(tmp_path), attention=a).eval() for a in (None, "eager"))
+    assert default.model.config._attn_implementation == "sdpa"
+    assert eager.model.config._attn_implementation == "eager"
+    queries = task.sample_queries(8, torch.Generator().manual_seed(0))
+    out = default.sample(queries, torch.Generator().manual_seed(0))
+    again = eager.sample(queries, torch.Generator().manual_seed(0))
+    assert torch.equal(out.responses, again.responses)  # float32: the same distribution, the same draws
+    with torch.no_grad():
+        torch.testing.assert_close(eager.score(queries, out.responses).log_probs,
+                                   default.score(queries, out.responses).log_probs, atol=1e-5, rtol=0)
+    with pytest.raises(ConfigError, match=r"^attention must be one of sdpa, eager; got 'flash'$"):
+        CausalLMPolicy(task, path=str(tmp_path), attention="flash")

@@ -38,9 +38,11 @@ class Recording(SAPO):
         return out
 
 
-def fit(tmp_path=None, *, precision="32-true", dtype="float32", steps=2, objective=None, **kwargs) -> RLModule:
+def fit(tmp_path=None, *, precision="32-true", dtype="float32", steps=2, objective=None, attention=None,
+        **kwargs) -> RLModule:
     torch.manual_seed(0)
-    module = RLModule(lambda task: CausalLMPolicy(task, model_config=LLAMA, temperature=2.0, dtype=dtype),
+    module = RLModule(lambda task: CausalLMPolicy(task, model_config=LLAMA, temperature=2.0, dtype=dtype,
+                                                  attention=attention),
                       objective or SAPO(), TASK, group_size=4, **kwargs)
     logger = CSVLogger(tmp_path, name="", version="") if tmp_path else False
     Trainer(max_steps=steps, precision=precision, accelerator="cpu", logger=logger, log_every_n_steps=1,
@@ -65,6 +67,14 @@ def test_the_mismatch_reads_zero_in_float32_and_more_in_bf16(tmp_path, precision
         assert max(kl) < 1e-10 and max(outside) == 0
     else:
         assert min(kl) > 1e-8
+
+
+def test_eager_attention_leaves_no_mismatch_in_bf16(tmp_path):
+    """The mismatch of bf16-mixed is sdpa's: with eager attention the decode and the update agree exactly."""
+    fit(tmp_path, precision="bf16-mixed", attention="eager")
+    values = logged(tmp_path)
+    assert len(values["train/mismatch_kl"]) == 2
+    assert values["train/mismatch_kl"] == [0.0, 0.0] and values["train/mismatch_ratio_outside"] == [0.0, 0.0]
 
 
 def test_the_mismatch_is_measured_at_each_rollouts_first_step_only(tmp_path):

@@ -14,6 +14,7 @@ from sapo_lightning.lora import LoRA, apply_lora, base_model
 from sapo_lightning.pretrained import quiet_loading
 
 DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION = ("sdpa", "eager")  # torch's fused scaled_dot_product_attention; plain matmuls and a softmax
 
 
 def load_causal_lm(
@@ -22,23 +23,25 @@ def load_causal_lm(
     dtype: str,
     gradient_checkpointing: bool,
     lora: LoRA | dict[str, Any] | None = None,
+    attention: str | None = None,
 ) -> PreTrainedModel:
     """A causal LM from ``path`` (a directory or a hub id, as :func:`~sapo_lightning.pretrained.resolve` returns
     one) or, randomly initialised, from a config mapping; with ``lora``, wrapped by PEFT with only the adapters
-    trainable."""
+    trainable; ``attention`` picks transformers' attention implementation (null: the model's default)."""
     if (path is None) == (model_config is None):
         raise ConfigError(
             f"exactly one of path and model_config must be given; got path={path!r}, model_config={model_config!r}"
         )
     check_choice("dtype", dtype, DTYPES)
+    kernel = {} if attention is None else {"attn_implementation": check_choice("attention", attention, ATTENTION)}
     if path is not None:
         try:
             with quiet_loading():
-                model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+                model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kernel)
         except OSError as err:  # a directory without a model, or a hub id that cannot be fetched
             fail("path", f"a loadable causal LM ({' '.join(str(err).split())[:200]})", path)
     else:
-        model = AutoModelForCausalLM.from_config(_model_config(model_config), dtype=getattr(torch, dtype))
+        model = AutoModelForCausalLM.from_config(_model_config(model_config), dtype=getattr(torch, dtype), **kernel)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if lora is not None:

@@ -98,6 +98,8 @@ class CausalLMPolicy(Policy):
         gradient_checkpointing: Recompute activations in backward to save memory.
         lora: Train LoRA adapters (rank, alpha, dropout, target modules) instead of every
             weight; null trains the whole model.
+        attention: transformers' attention implementation, ``sdpa`` or ``eager``; null: the
+            model's default (sdpa). On this CPU eager decodes faster under bf16 (docs/benchmarks.md).
     """
 
     def __init__(
@@ -114,6 +116,7 @@ class CausalLMPolicy(Policy):
         stop_when_done: bool = True,
         gradient_checkpointing: bool = False,
         lora: LoRA | None = None,
+        attention: str | None = None,
     ) -> None:
         super().__init__()
         text = getattr(task, "tokenizer", None) is not None  # a text task: Prompts of its tokenizer
@@ -127,7 +130,7 @@ class CausalLMPolicy(Policy):
         self.top_k = check_int("top_k", top_k, 0)
         tokenizer = None if tokenizer is None else resolve("tokenizer", tokenizer)
         source = None if path is None else resolve("path", path)  # a directory or a hub id
-        self.model = load_causal_lm(source, model_config, dtype, gradient_checkpointing, lora)
+        self.model = load_causal_lm(source, model_config, dtype, gradient_checkpointing, lora, attention)
         # the base an exported adapter names
         self.path = source if source is None or not os.path.isdir(source) else os.path.abspath(source)
         if getattr(task, "max_episode_tokens", None) is not None:  # a task of episodes: a whole one must fit
