@@ -43,3 +43,46 @@ def test_tasks_are_solved_under_bf16_mixed(tmp_path, monkeypatch, config, steps)
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
     assert accumulator.Scalars("val/exact_match")[-1].value == 1.0
+
+
+LLAMA = {"model_type": "llama", "vocab_size": 16, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
+
+
+def lightning_autocast():
+    """bf16 autocast as Lightning's precision plugin enters it: the cast cache off."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)
+
+
+def test_a_decode_under_autocast_casts_each_weight_once():
+    pytest.importorskip("transformers")
+    from sapo_lightning.lm.policy import CausalLMPolicy
+
+    torch.manual_seed(0)
+    task = Reverse(length=6)
+    policy = CausalLMPolicy(task, model_config=LLAMA).eval()
+    queries = task.sample_queries(4, torch.Generator().manual_seed(0))
+    lm_head = list(policy.model.get_output_embeddings().weight.shape)  # [16, 32]: no other weight is cast at it
+    with lightning_autocast(), torch.profiler.profile(record_shapes=True) as profile:
+        rollout = policy.sample(queries, torch.Generator().manual_seed(1))
+    casts = [e for e in profile.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [lm_head]]
+    assert rollout.responses.shape[1] == 7 and len(casts) == 1  # 7 forwards, one cast of the lm_head weight
+
+
+def test_a_decode_after_the_weights_change_inside_one_autocast_uses_the_new_weights():
+    pytest.importorskip("transformers")
+    from sapo_lightning.lm.policy import CausalLMPolicy
+
+    torch.manual_seed(0)
+    task = Reverse(length=6)
+    policy = CausalLMPolicy(task, model_config=LLAMA).eval()
+    queries = task.sample_queries(16, torch.Generator().manual_seed(0))
+    with lightning_autocast():  # one training step: sample, update, sample again
+        before = policy.sample(queries, torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            policy.model.get_output_embeddings().weight.mul_(-3.0)
+        after = policy.sample(queries, torch.Generator().manual_seed(1))
+    with lightning_autocast():
+        fresh = policy.sample(queries, torch.Generator().manual_seed(1))
+    assert not torch.equal(after.responses, before.responses)
+    assert torch.equal(after.responses, fresh.responses) and torch.equal(after.log_probs, fresh.log_probs)

@@ -13,7 +13,7 @@ from torch import Tensor
 from transformers import AutoTokenizer
 
 from sapo_lightning.checks import ConfigError, check_choice, check_int, check_number, check_positive, fail
-from sapo_lightning.lm.model import cache_argument, load_causal_lm, takes_logits_to_keep
+from sapo_lightning.lm.model import cache_argument, load_causal_lm, takes_logits_to_keep, weights_cast_once
 from sapo_lightning.lm.prefill import can_share_prompts_in_training, prefill_once, prompt_group
 from sapo_lightning.lm.sampling import response_mask, sampling_logits, truncated_scores
 from sapo_lightning.lm.turns import TurnDecoder
@@ -204,8 +204,9 @@ class CausalLMPolicy(Policy):
             state["cache"] = getattr(out, self._cache_arg)
             return self.sampling_logits(logits[:, -1])  # [N, V]
 
-        return decode(next_logits, n, self.max_new_tokens, self.stop_ids, self.pad_token, generator, greedy, device,
-                      self.stop_when_done)
+        with weights_cast_once(device):
+            return decode(next_logits, n, self.max_new_tokens, self.stop_ids, self.pad_token, generator, greedy,
+                          device, self.stop_when_done)
 
     def score(self, queries: Prompts | Tensor, responses: Tensor, entropy_grad: bool = False,
               attention: Tensor | None = None) -> Scores:

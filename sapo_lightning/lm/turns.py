@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from sapo_lightning.lm.model import weights_cast_once
 from sapo_lightning.lm.prefill import prompt_group
 from sapo_lightning.policies import sample_from_logits
 
@@ -86,6 +87,10 @@ class TurnDecoder:
     def turn(self, live: Tensor, budget: Tensor, generator: torch.Generator | None, greedy: bool) -> Turn:
         """Sample one turn of the ``live`` rows ``[N]`` bool, each until a stop token or its ``budget`` ``[N]``
         tokens. Every step draws ``[N, V]`` uniforms whether a row samples or not."""
+        with weights_cast_once(live.device):
+            return self._turn(live, budget, generator, greedy)
+
+    def _turn(self, live: Tensor, budget: Tensor, generator: torch.Generator | None, greedy: bool) -> Turn:
         if self.cached < self.ids.shape[1] or self.next_logits is None:
             if not self.reuse_cache:
                 self.cache = None
