@@ -54,8 +54,8 @@ def sample_from_logits(logits: Tensor, generator: torch.Generator | None, greedy
         tokens = log_p.argmax(-1)
     else:
         u = torch.rand(log_p.shape, generator=generator, device=log_p.device, dtype=log_p.dtype)
-        gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
-        tokens = (log_p + gumbel).argmax(-1)
+        # log_p + Gumbel noise -log(-log u), in place: no new [N, V] tensor per op (V is 49k for a real model)
+        tokens = u.clamp_min_(torch.finfo(u.dtype).tiny).log_().neg_().log_().neg_().add_(log_p).argmax(-1)
     return tokens, log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 

@@ -191,12 +191,14 @@ def test_fsdp_overlay_sets_only_the_strategy_and_equal_forward_passes(capsys, ba
 @pytest.mark.parametrize("args", [pytest.param(config_args(base), marks=HF, id=base)
                                   for base in ("hf_tiny", "text_tiny")]
                          + [pytest.param(["--config", str(SMOLLM2)], id="smollm2_arithmetic")])
-def test_bf16_overlay_sets_only_the_precision(capsys, args):
+def test_bf16_overlay_sets_only_the_precision_and_the_attention_kernel(capsys, args):
     """Parsed only here (the real model is not loaded); hf_tiny runs it below, tests/test_mismatch.py its effects."""
     resolved = resolve(capsys, [*args, "--config", str(BF16)])
     assert resolved["trainer"]["precision"] == "bf16-mixed"
     assert resolved["model"]["policy"]["init_args"]["dtype"] == "float32"  # float32 master weights
-    assert without(resolved, ["trainer.precision"]) == without(resolve(capsys, args), ["trainer.precision"])
+    assert resolved["model"]["policy"]["init_args"]["attention"] == "grouped"
+    keys = ["trainer.precision", "model.policy.init_args.attention"]
+    assert without(resolved, keys) == without(resolve(capsys, args), keys)
 
 
 def scalars(run: Path) -> dict[str, list[float]]:

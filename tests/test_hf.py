@@ -234,5 +234,39 @@ def test_attention_picks_the_kernel_of_a_saved_model_and_scores_the_same(tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(eager.score(queries, out.responses).log_probs,
                                    default.score(queries, out.responses).log_probs, atol=1e-5, rtol=0)
-    with pytest.raises(ConfigError, match=r"^attention must be one of sdpa, eager; got 'flash'$"):
+    with pytest.raises(ConfigError, match=r"^attention must be one of sdpa, eager, grouped; got 'flash'$"):
         CausalLMPolicy(task, path=str(tmp_path), attention="flash")
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["float32", "bf16-autocast"])
+def test_grouped_attention_samples_and_scores_as_eager_bit_for_bit(autocast):
+    """Grouped-query attention (4 query heads on 2 key/value heads) without repeat_kv's copies: the same tokens and
+    log-probs as eager attention, exactly, and the same gradients up to the order of a sum."""
+    task = Reverse(length=6)
+    config = {**LLAMA, "num_attention_heads": 4, "num_key_value_heads": 2}
+    policies = {}
+    for attention in ("eager", "grouped"):
+        torch.manual_seed(0)
+        policies[attention] = CausalLMPolicy(task, model_config=config, attention=attention)
+    assert policies["grouped"].model.config._attn_implementation == "grouped"
+    queries = task.sample_queries(8, torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        eager, grouped = (p.sample(queries, torch.Generator().manual_seed(1)) for p in policies.values())
+        assert torch.equal(eager.responses, grouped.responses) and torch.equal(eager.log_probs, grouped.log_probs)
+        scores = {name: p.score(queries, eager.responses) for name, p in policies.items()}
+    assert torch.equal(scores["eager"].log_probs, scores["grouped"].log_probs)
+    for s in scores.values():
+        s.log_probs.sum().backward()
+    for (name, a), b in zip(policies["eager"].named_parameters(), policies["grouped"].parameters()):
+        scale = a.grad.abs().max()  # the sums over each group's heads run in another order: float32 or bf16 rounding
+        assert (b.grad - a.grad).abs().max() <= (1e-2 if autocast else 1e-6) * scale, name  # bf16: ~1 ulp (2^-7)
+
+
+def test_grouped_attention_refuses_a_model_with_softcapped_scores():
+    task = Reverse(length=6)
+    gemma2 = {"model_type": "gemma2", "vocab_size": 16, "hidden_size": 32, "intermediate_size": 64, "head_dim": 16,
+              "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "max_position_embeddings": 64, "attn_logit_softcapping": 50.0}
+    with pytest.raises(ConfigError, match=r"^attention must be sdpa or eager for a model that softcaps its attention "
+                                          r"scores \(attn_logit_softcapping=50.0\); got 'grouped'$"):
+        CausalLMPolicy(task, model_config=gemma2, attention="grouped")

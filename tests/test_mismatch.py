@@ -39,9 +39,9 @@ class Recording(SAPO):
 
 
 def fit(tmp_path=None, *, precision="32-true", dtype="float32", steps=2, objective=None, attention=None,
-        **kwargs) -> RLModule:
+        config=LLAMA, **kwargs) -> RLModule:
     torch.manual_seed(0)
-    module = RLModule(lambda task: CausalLMPolicy(task, model_config=LLAMA, temperature=2.0, dtype=dtype,
+    module = RLModule(lambda task: CausalLMPolicy(task, model_config=config, temperature=2.0, dtype=dtype,
                                                   attention=attention),
                       objective or SAPO(), TASK, group_size=4, **kwargs)
     logger = CSVLogger(tmp_path, name="", version="") if tmp_path else False
@@ -69,9 +69,11 @@ def test_the_mismatch_reads_zero_in_float32_and_more_in_bf16(tmp_path, precision
         assert min(kl) > 1e-8
 
 
-def test_eager_attention_leaves_no_mismatch_in_bf16(tmp_path):
-    """The mismatch of bf16-mixed is sdpa's: with eager attention the decode and the update agree exactly."""
-    fit(tmp_path, precision="bf16-mixed", attention="eager")
+@pytest.mark.parametrize(("attention", "kv_heads"), [("eager", 2), ("grouped", 1)])
+def test_eager_attention_leaves_no_mismatch_in_bf16(tmp_path, attention, kv_heads):
+    """The mismatch of bf16-mixed is sdpa's: with eager attention, or grouped (eager's arithmetic without repeat_kv's
+    copies; here 2 query heads share 1 key/value head), the decode and the update agree exactly."""
+    fit(tmp_path, precision="bf16-mixed", attention=attention, config={**LLAMA, "num_key_value_heads": kv_heads})
     values = logged(tmp_path)
     assert len(values["train/mismatch_kl"]) == 2
     assert values["train/mismatch_kl"] == [0.0, 0.0] and values["train/mismatch_ratio_outside"] == [0.0, 0.0]

@@ -12,11 +12,13 @@ from huggingface_hub.errors import StrictDataclassError  # a dependency of trans
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from sapo_lightning.checks import ConfigError, check_choice, fail
+from sapo_lightning.lm import attention as _grouped  # registers the grouped kernel with transformers
 from sapo_lightning.lora import LoRA, apply_lora, base_model
 from sapo_lightning.pretrained import quiet_loading
 
 DTYPES = ("float32", "bfloat16", "float16")
-ATTENTION = ("sdpa", "eager")  # torch's fused scaled_dot_product_attention; plain matmuls and a softmax
+# torch's fused scaled_dot_product_attention; plain matmuls and a softmax; those without copying shared KV heads
+ATTENTION = ("sdpa", "eager", _grouped.NAME)
 
 
 def load_causal_lm(
@@ -44,6 +46,10 @@ def load_causal_lm(
             fail("path", f"a loadable causal LM ({' '.join(str(err).split())[:200]})", path)
     else:
         model = AutoModelForCausalLM.from_config(_model_config(model_config), dtype=getattr(torch, dtype), **kernel)
+    softcap = getattr(model.config, "attn_logit_softcapping", None)
+    if attention == _grouped.NAME and softcap is not None:
+        fail("attention", f"sdpa or eager for a model that softcaps its attention scores (attn_logit_softcapping="
+             f"{softcap})", attention)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if lora is not None:

@@ -98,8 +98,9 @@ class CausalLMPolicy(Policy):
         gradient_checkpointing: Recompute activations in backward to save memory.
         lora: Train LoRA adapters (rank, alpha, dropout, target modules) instead of every
             weight; null trains the whole model.
-        attention: transformers' attention implementation, ``sdpa`` or ``eager``; null: the
-            model's default (sdpa). On this CPU eager decodes faster under bf16 (docs/benchmarks.md).
+        attention: transformers' attention implementation: ``sdpa``, ``eager`` or ``grouped``
+            (eager's arithmetic without copying shared key/value heads: :mod:`~sapo_lightning.lm.attention`);
+            null: the model's default (sdpa). On this CPU grouped is the fastest in bf16 (docs/benchmarks.md).
     """
 
     def __init__(

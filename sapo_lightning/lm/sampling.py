@@ -18,7 +18,7 @@ def sampling_logits(logits: Tensor, temperature: float, top_k: int, top_p: float
     whose mass reaches ``top_p``: a token stays iff the mass ranked above it is < ``top_p``, so
     the top token always stays. Ties at the k-th logit stay together, as in ``transformers``.
     """
-    logits = logits.float() / temperature
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature  # x / 1 is x: a pass saved
     if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]  # [..., 1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
