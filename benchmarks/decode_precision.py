@@ -1,16 +1,19 @@
 """Where bf16 decoding spends its time: a Hugging Face model's KV-cache decode in float32 and under bf16 autocast.
 
-    python benchmarks/decode_precision.py                     # SmolLM2-135M-Instruct, sdpa and eager attention
+    python benchmarks/decode_precision.py                     # SmolLM2-135M-Instruct, sdpa, eager and grouped
     python benchmarks/decode_precision.py --profile           # also torch.profiler's top operators of each
 
 The model decodes ``--steps`` tokens greedily for ``--rows`` rows (``--prompts`` distinct random prompts
 of ``--prompt-length`` tokens, each repeated as a group would be) on its KV cache, as our sampler does,
-in four settings: attention ``sdpa`` (transformers' default, torch's fused kernel) or ``eager`` (matmuls
-and a softmax), each in float32 and under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (what
-``configs/bf16.yaml`` gives the sampler). Each setting runs ``--repeats`` times, the settings
-alternating; printed: the seconds of the decoding steps (the prefill excluded) of each run. With
-``--profile``, one more prefill-and-decode per setting under ``torch.profiler``, its top operators by
-self CPU time.
+with attention ``sdpa`` (transformers' default, torch's fused kernel), ``eager`` (matmuls and a softmax,
+each key/value head copied once per query head of its group) or ``grouped`` (eager's arithmetic without
+those copies, :mod:`sapo_lightning.lm.attention`, what ``configs/bf16.yaml`` picks), each in float32 and
+under ``torch.autocast("cpu", dtype=torch.bfloat16)`` with its cast cache on (each weight cast to bf16
+once per decode, as our sampler runs it); ``grouped`` also with the cache off (``bf16, casts each
+forward``: every forward casts every weight again, as Lightning's precision plugin enters autocast).
+Each setting runs ``--repeats`` times, the settings alternating; printed: the seconds of the decoding
+steps (the prefill excluded) of each run. With ``--profile``, one more prefill-and-decode per setting
+under ``torch.profiler``, its top operators by self CPU time.
 """
 
 from __future__ import annotations
@@ -21,7 +24,13 @@ import time
 
 import torch
 
-SETTINGS = [(attention, precision) for attention in ("sdpa", "eager") for precision in ("float32", "bf16")]
+SETTINGS = [(attention, precision) for attention in ("sdpa", "eager", "grouped") for precision in ("float32", "bf16")]
+SETTINGS.append(("grouped", "bf16, casts each forward"))
+
+
+def autocast(precision: str) -> torch.autocast:
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "float32",
+                          cache_enabled=precision == "bf16")
 
 
 def decode(model, ids: torch.Tensor, steps: int) -> float:
@@ -51,32 +60,33 @@ def main() -> None:
         parser.error(f"--rows must be a multiple of --prompts ({args.prompts}); got {args.rows}")
     from transformers import AutoModelForCausalLM
 
+    import sapo_lightning.lm.attention  # noqa: F401  (registers "grouped" with transformers)
     from sapo_lightning.pretrained import resolve
 
     torch.set_num_threads(args.threads)
     path = resolve("--model", args.model)
     models = {attention: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                               attn_implementation=attention).eval()
-              for attention in ("sdpa", "eager")}
+              for attention in ("sdpa", "eager", "grouped")}
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(100, 1000, (args.prompts, args.prompt_length), generator=generator)
     ids = ids.repeat_interleave(args.rows // args.prompts, 0)  # [rows, prompt_length]
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rows} rows, {args.steps} steps; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     for attention, precision in SETTINGS:  # warm-up
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(precision):
             decode(models[attention], ids, 2)
     seconds: dict[tuple[str, str], list[float]] = {setting: [] for setting in SETTINGS}
     for _ in range(args.repeats):
         for attention, precision in SETTINGS:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast(precision):
                 seconds[attention, precision].append(decode(models[attention], ids, args.steps))
     print("\n| attention | precision | decoding s, each run |\n|---|---|---|")
     for (attention, precision), values in seconds.items():
         print(f"| {attention} | {precision} | {', '.join(f'{v:.2f}' for v in values)} |")
     if args.profile:
         for attention, precision in SETTINGS:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast(precision):
                 with torch.profiler.profile() as profile:
                     decode(models[attention], ids, args.steps)
             print(f"\n{attention}, {precision} (prefill and decoding):")

@@ -4,8 +4,9 @@
     python benchmarks/precision_recipe.py --steps 8 --runs 2 --threads 2
 
 Sides: ``float32`` (the config as it is), ``bf16`` (with ``configs/bf16.yaml``: bf16-mixed, decoding and
-update under bf16 autocast), ``bf16 + recompute`` (also ``model.recompute_old_log_probs=true``) and
-``bf16, eager attention`` (the overlay with ``model.policy.init_args.attention=eager``). Each
+update under bf16 autocast, attention ``grouped``), ``bf16 + recompute`` (also
+``model.recompute_old_log_probs=true``), and the overlay with another attention kernel,
+``bf16, eager attention`` or ``bf16, sdpa attention`` (``model.policy.init_args.attention``). Each
 run is a fresh ``sapo-lightning fit`` process (no validation, no checkpoints) with ``--threads``
 torch threads; the sides alternate (A B C D D C B A ...) so that load from other processes falls on all.
 From each run's TensorBoard events: seconds per step (the wall time between the ``train/reward``
@@ -30,7 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = {"float32": [], "bf16": ["--config", "configs/bf16.yaml"],
          "bf16 + recompute": ["--config", "configs/bf16.yaml", "--model.recompute_old_log_probs=true"],
-         "bf16, eager attention": ["--config", "configs/bf16.yaml", "--model.policy.init_args.attention=eager"]}
+         "bf16, eager attention": ["--config", "configs/bf16.yaml", "--model.policy.init_args.attention=eager"],
+         "bf16, sdpa attention": ["--config", "configs/bf16.yaml", "--model.policy.init_args.attention=sdpa"]}
 TAGS = ["train/mismatch_kl", "train/mismatch_ratio_outside", "train/reward"]
 
 

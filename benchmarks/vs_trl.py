@@ -6,6 +6,7 @@
     python benchmarks/vs_trl.py --steps 60 --pairs 3 --learn-steps 300
     python benchmarks/vs_trl.py --task smollm2 --steps 12 --skip 2 --pairs 2 --learn-steps 40 --save smollm2.json
     python benchmarks/vs_trl.py --task smollm2 --steps 8 --skip 2 --pairs 1 --learn-steps 0 --bf16   # both in bf16
+    python benchmarks/vs_trl.py --task smollm2 --steps 8 --skip 2 --pairs 1 --learn-steps 0 --bf16 --trl-attention eager
     python benchmarks/vs_trl.py --task smollm2 --steps 2 --skip 0 --pairs 1 --learn-steps 2 --batch 1 --threads 1
 
 ``--task smollm2`` is configs/smollm2_arithmetic.yaml's recipe (needs ``pip install -e ".[gguf]"`` and
@@ -429,7 +430,7 @@ class OursProbe(_lightning_callback_base()):
 
 # -- TRL's side -------------------------------------------------------------------------------
 def run_trl(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_wall: float, batch: int,
-            threads: int, bf16: bool = False) -> None:
+            threads: int, bf16: bool = False, attention: str = "sdpa") -> None:
     """``GRPOTrainer(loss_type="sapo")`` on the same model directory, prompts, reward and settings."""
     import torch
     from datasets import Dataset
@@ -486,7 +487,8 @@ def run_trl(task: str, model_dir: Path, steps: int, lr: float, out: Path, start_
         max_grad_norm=COMMON["max_grad_norm"], scale_rewards="group", max_steps=steps, shuffle_dataset=False,
         seed=COMMON["seed"], use_vllm=False, bf16=bf16, fp16=False, use_cpu=True,
         **no_checkpointing(GRPOConfig),
-        model_init_kwargs={"dtype": torch.float32}, logging_steps=1, report_to="none", save_strategy="no",
+        model_init_kwargs={"dtype": torch.float32, "attn_implementation": attention},
+        logging_steps=1, report_to="none", save_strategy="no",
         disable_tqdm=True, dataloader_num_workers=0, log_completions=False,
         reward_weights=[1.0, 0.0] if task == "smollm2" else None,  # strict counts, lenient is logged only (ours)
     )
@@ -519,7 +521,7 @@ def launch(side: str, args, model_dir: Path, steps: int, lr: float, out: Path) -
     command = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--task", args.task, "--model-dir",
                str(model_dir), "--steps", str(steps), "--lr", repr(lr), "--out", str(out), "--batch",
                str(args.batch), "--threads", threads, "--start-wall", repr(time.time()),
-               *(["--bf16"] if args.bf16 else [])]
+               *(["--bf16"] if args.bf16 else []), "--trl-attention", args.trl_attention]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if result.returncode != 0 or not out.exists():
         raise SystemExit(f"{side} run failed (exit {result.returncode}):\n{result.stderr[-4000:]}")
@@ -637,6 +639,8 @@ def main() -> None:
     parser.add_argument("--save", type=Path, default=None, help="also write every run's report to this JSON file")
     parser.add_argument("--bf16", action="store_true",
                         help="both sides in bf16 mixed precision: ours with configs/bf16.yaml, TRL with bf16=True")
+    parser.add_argument("--trl-attention", choices=["sdpa", "eager"], default="sdpa",
+                        help="TRL's attention kernel (transformers' attn_implementation; sdpa is its default)")
     # the child's arguments (one run in this process)
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -648,9 +652,12 @@ def main() -> None:
     args.threads = args.threads or setting["threads"]
     args.batch = args.batch or setting["batch"]
     if args.child:
-        run = run_ours if args.child == "ours" else run_trl
-        run(args.task, args.model_dir, args.steps, args.lr, args.out, args.start_wall, args.batch, args.threads,
-            args.bf16)
+        if args.child == "ours":
+            run_ours(args.task, args.model_dir, args.steps, args.lr, args.out, args.start_wall, args.batch,
+                     args.threads, args.bf16)
+        else:
+            run_trl(args.task, args.model_dir, args.steps, args.lr, args.out, args.start_wall, args.batch,
+                    args.threads, args.bf16, args.trl_attention)
         return
     if args.learn_steps is None:
         args.learn_steps = {"copy": 200, "text": 300, "smollm2": 40}[args.task]
@@ -659,7 +666,8 @@ def main() -> None:
     load = os.getloadavg()
     print(f"{platform.machine()}, {os.cpu_count()} CPUs, {versions()}; {args.threads} torch thread(s) per process, "
           f"{args.batch} prompts x {COMMON['group']} completions per step; "
-          f"{'bf16 mixed precision on both sides' if args.bf16 else 'float32 on both sides'}", flush=True)
+          f"{'bf16 mixed precision on both sides' if args.bf16 else 'float32 on both sides'}; TRL's attention "
+          f"{args.trl_attention}", flush=True)
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
         model_dir = model_directory(args.task, directory)
