@@ -69,6 +69,23 @@ def test_a_decode_under_autocast_casts_each_weight_once():
     assert rollout.responses.shape[1] == 7 and len(casts) == 1  # 7 forwards, one cast of the lm_head weight
 
 
+def test_a_turn_of_an_episode_under_autocast_casts_each_weight_once():
+    pytest.importorskip("transformers")
+    from sapo_lightning.lm.policy import CausalLMPolicy
+
+    torch.manual_seed(0)
+    task = Reverse(length=6)
+    policy = CausalLMPolicy(task, model_config=LLAMA).eval()
+    queries = task.sample_queries(4, torch.Generator().manual_seed(0))
+    decoder = policy.turns(queries, torch.ones_like(queries))
+    lm_head = list(policy.model.get_output_embeddings().weight.shape)
+    live, budget = torch.ones(4, dtype=torch.bool), torch.full((4,), 6)
+    with lightning_autocast(), torch.profiler.profile(record_shapes=True) as profile:
+        turn = decoder.turn(live, budget, torch.Generator().manual_seed(1), greedy=True)
+    casts = [e for e in profile.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [lm_head]]
+    assert turn.tokens.shape[1] >= 3 and len(casts) == 1  # a forward per token, one cast of the lm_head weight
+
+
 def test_a_decode_after_the_weights_change_inside_one_autocast_uses_the_new_weights():
     pytest.importorskip("transformers")
     from sapo_lightning.lm.policy import CausalLMPolicy
