@@ -221,17 +221,21 @@ class CausalLMPolicy(Policy):
         group = prompt_group(torch.cat([prompt_ids, prompt_mask], 1), self.model, self._share_prompts)
         if group == 1:
             out = self._forward(steps, input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=False)
-            logits = out.logits[:, -steps:]  # [N, T, V_model]
+            parts = [out.logits[:, -steps:]]  # [N, T, V_model]
         else:  # each distinct prompt once (with gradients), then every response on its prompt's cache
-            out, logits = self._prefill(group, input_ids=ids[:, :p], attention_mask=prompt_mask,
-                                        position_ids=positions[:, :p])
-            if steps > 1:  # logits [N, 1, V_model] predict y_1; the responses' own positions the rest
+            out, first = self._prefill(group, input_ids=ids[:, :p], attention_mask=prompt_mask,
+                                       position_ids=positions[:, :p])
+            parts = [first]  # [N, 1, V_model] predict y_1; the responses' own positions the rest
+            if steps > 1:
                 cache = getattr(out, self._cache_arg)
                 rest = self._forward(steps - 1, input_ids=ids[:, p:], attention_mask=attention,
                                      position_ids=positions[:, p:], use_cache=True, **{self._cache_arg: cache})
-                logits = torch.cat([logits, rest.logits], 1)  # [N, T, V_model]
-        scores = truncated_scores(self.sampling_logits(logits), responses, entropy_grad)  # [N, T] each
-        return Scores(scores.log_probs.masked_fill(~mask, 0.0), scores.entropy.masked_fill(~mask, 0.0))
+                parts.append(rest.logits)  # [N, T - 1, V_model]
+        # each part scored alone: joining the logits would copy the step's largest tensor once more
+        tokens = responses.split([part.shape[1] for part in parts], 1)
+        scores = [truncated_scores(self.sampling_logits(part), y, entropy_grad) for part, y in zip(parts, tokens)]
+        log_probs, entropy = (torch.cat(values, 1) for values in zip(*scores))  # [N, T] each
+        return Scores(log_probs.masked_fill(~mask, 0.0), entropy.masked_fill(~mask, 0.0))
 
     def turns(self, ids: Tensor, attention: Tensor, reuse_cache: bool = True) -> TurnDecoder:
         """A decoder of transcripts turn by turn from the left-padded prompts ``ids`` / ``attention`` ``[N, P]``

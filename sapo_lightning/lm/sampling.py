@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from torch import Tensor
 
@@ -34,9 +32,11 @@ def truncated_scores(logits: Tensor, tokens: Tensor, entropy_grad: bool = False)
     """Log-probs of ``tokens`` ``[...]`` and entropies under sampling logits ``[..., V]`` with -inf entries
     (the entropies differentiable with ``entropy_grad``)."""
     log_p = torch.log_softmax(logits, dim=-1)  # [..., V], -inf outside the kept set
-    # a diagnostic keeps no [..., V] tensor for backward; 0 · log 0 = 0 (and so is its gradient)
-    with nullcontext() if entropy_grad else torch.no_grad():
+    if entropy_grad:  # 0 · log 0 = 0, and so is its gradient
         entropy = -(log_p.exp() * log_p.masked_fill(logits == float("-inf"), 0.0)).sum(-1)
+    else:  # a diagnostic: keeps no [..., V] tensor for backward and makes one (p · log p, in place); a token
+        with torch.no_grad():  # outside the kept set gives 0 · -inf = NaN there, which nansum counts as 0
+            entropy = -log_p.exp().mul_(log_p).nansum(-1)
     return Scores(log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy)
 
 
